@@ -1,0 +1,108 @@
+"""`accord`: train, eval and bench from the command line.
+
+    accord train CONFIG [--set a.b=v ...] [--address ADDR] [--resume RUN_DIR]
+    accord eval CHECKPOINT [--episodes N]
+    accord bench throughput|combiners [...]
+
+A bad config prints one line naming the field and exits 2 before Ray or any actor starts.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from accord.config import ConfigError, load_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Multi-task and auxiliary-task RL with gradient combiners, on Ray.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print ratios measured side by side.")
+app.add_typer(bench_app, name="bench")
+
+EXIT_CONFIG = 2
+
+
+def _fail_config(message: str) -> None:
+    typer.echo(f"config error: {message}", err=True)
+    raise typer.Exit(EXIT_CONFIG)
+
+
+@app.command()
+def train(
+    config: Optional[Path] = typer.Argument(None, help="Experiment YAML (optional with --resume)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a field: --set learner.lr=3e-4 (repeatable)."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)."),
+    resume: Optional[Path] = typer.Option(None, help="Run directory to continue from its newest checkpoint."),
+) -> None:
+    """Train an agent; Ctrl-C saves a checkpoint and exits."""
+    if config is None and resume is None:
+        _fail_config("give a CONFIG file or --resume RUN_DIR")
+    if resume is not None:
+        if not (resume / "config.yaml").is_file():
+            _fail_config(f"--resume: {resume} is not a run directory (no config.yaml)")
+        config = config or resume / "config.yaml"
+    try:
+        cfg = load_config(config, set_)
+    except ConfigError as exc:
+        _fail_config(str(exc))
+
+    from accord.driver import new_run_dir, train as run_training  # heavy imports after validation
+
+    run_dir = resume if resume is not None else new_run_dir(cfg)
+    result = run_training(cfg, run_dir, address=address, resume=resume is not None)
+    raise typer.Exit(result.exit_code)
+
+
+@app.command("eval")
+def evaluate(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint file, or a run directory (its newest checkpoint)."),
+    episodes: int = typer.Option(10, min=1, help="Episodes per task."),
+    greedy: bool = typer.Option(False, help="Take the most likely action instead of sampling."),
+) -> None:
+    """Play a checkpoint's policy on every task of its run and print the mean return."""
+    from accord.evaluate import evaluate_checkpoint
+
+    try:
+        results = evaluate_checkpoint(checkpoint, episodes, greedy)
+    except (FileNotFoundError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1)
+    for task, (mean, std, n) in results.items():
+        typer.echo(f"{task}: mean return {mean:.2f} ± {std:.2f} over {n} episodes")
+
+
+@bench_app.command("throughput")
+def bench_throughput(
+    config: Path = typer.Option(Path("configs/bench.yaml"), help="Experiment config to run the fleet with."),
+    seconds: float = typer.Option(30.0, help="Measured seconds per side."),
+    set_: list[str] = typer.Option([], "--set", help="Config overrides."),
+) -> None:
+    """Raw AtariVectorEnv frames/s vs the actor fleet's frames/s with the learner draining."""
+    try:
+        cfg = load_config(config, set_)
+    except ConfigError as exc:
+        _fail_config(str(exc))
+    from bench.throughput import main as throughput_main
+
+    throughput_main(cfg, seconds)
+
+
+@bench_app.command("combiners")
+def bench_combiners(
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    quick: bool = typer.Option(False, help="Few repeats, small sizes: a smoke run."),
+) -> None:
+    """Each combiner's update time divided by the plain summed-loss update."""
+    from bench.combiners import main as combiners_main
+
+    combiners_main(device=device, quick=quick)
+
+
+def main() -> None:
+    app(prog_name="accord")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

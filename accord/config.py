@@ -1,0 +1,189 @@
+"""The experiment config: typed, validated before anything starts, frozen.
+
+A config is YAML on disk; `load_config(path, overrides)` applies `--set a.b=v` overrides,
+validates every field and returns a frozen `ExperimentConfig`. Any problem raises `ConfigError`
+whose message names the field, so the CLI can print one line and exit 2 with no Ray started.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the offending field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EnvConfig(_Section):
+    kind: Literal["atari", "gym"] = Field("atari", description="Environment family.")
+    tasks: list[str] = Field(
+        ["breakout"], min_length=1,
+        description="One task per entry: Atari game ids or gymnasium ids. Actor i runs task i mod len(tasks).")
+    envs_per_actor: int = Field(8, ge=1, description="M environments stepped as one batch by each actor.")
+    full_action_space: bool = Field(False, description="Atari: all 18 actions (needed for one policy over several games).")
+    sticky_actions: float = Field(0.25, ge=0.0, le=1.0, description="Atari: repeat-previous-action probability.")
+    clip_rewards: bool = Field(True, description="Atari: train on sign-clipped rewards; episode scores stay raw.")
+    max_episode_frames: int = Field(108_000, ge=1, description="Atari: emulator frames before an episode is truncated.")
+
+
+class ActorConfig(_Section):
+    num_actors: int = Field(2, ge=1, description="Rollout actors, one CPU each (the paper ran 200).")
+    unroll_length: int = Field(20, ge=1, description="T: steps per unroll handed to the learner.")
+    max_restarts: int = Field(3, ge=0, description="Times Ray restarts a dead rollout actor.")
+
+
+class QueueConfig(_Section):
+    capacity: int = Field(64, ge=1, description="Unrolls held before inserters block (back-pressure).")
+    backend: Literal["memory"] = Field("memory", description="Where queued unrolls live.")
+
+
+class LearnerConfig(_Section):
+    model: Literal["nature", "resnet", "mlp"] = Field("nature", description="Torso of the actor-critic.")
+    per_task_heads: bool = Field(False, description="One policy/value head per task instead of one shared head.")
+    batch_size: int = Field(32, ge=1, description="Trajectories per update; rounded up to whole unrolls of envs_per_actor.")
+    lr: float = Field(6e-4, gt=0, description="RMSProp learning rate (paper 000).")
+    lr_decay: bool = Field(True, description="Anneal lr linearly to 0 over run.total_frames (IMPALA).")
+    rmsprop_alpha: float = Field(0.99, gt=0, lt=1, description="RMSProp smoothing constant.")
+    rmsprop_eps: float = Field(0.01, gt=0, description="RMSProp epsilon (IMPALA uses 0.01).")
+    rmsprop_momentum: float = Field(0.0, ge=0, lt=1, description="RMSProp momentum.")
+    discount: float = Field(0.99, gt=0, le=1, description="gamma.")
+    entropy_coef: float = Field(0.01, ge=0, description="Entropy cost (paper 000).")
+    baseline_coef: float = Field(0.5, ge=0, description="Value loss weight.")
+    clip_rho: float = Field(1.0, gt=0, description="V-trace rho-bar.")
+    clip_pg_rho: float = Field(1.0, gt=0, description="V-trace rho-bar for the policy-gradient advantage.")
+    clip_c: float = Field(1.0, gt=0, description="V-trace c-bar.")
+    loss_reduction: Literal["sum", "mean"] = Field("sum", description="Sum (IMPALA) or mean over T*B.")
+    max_grad_norm: float = Field(40.0, gt=0, description="Global gradient-norm clip.")
+    publish_every: int = Field(1, ge=1, description="k: publish weights to actors every k updates.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when the cluster has a GPU.")
+    bf16: bool = Field(False, description="bf16 autocast for the forward pass on CUDA.")
+    max_nonfinite_run: int = Field(20, ge=1, description="Consecutive non-finite losses that stop training.")
+    num_threads: int = Field(1, ge=1, description="torch threads of a CPU learner.")
+
+
+class RunConfig(_Section):
+    name: str = Field("run", min_length=1, description="Run directory prefix.")
+    root: str = Field("runs", description="Where run directories are created.")
+    seed: int = Field(0, ge=0, description="Seeds torch, numpy and the environments.")
+    total_frames: int = Field(1_000_000, ge=1, description="Stop after this many environment frames (agent steps x frameskip on Atari) reach the learner.")
+    max_seconds: float = Field(0.0, ge=0, description="Also stop after this wall time; 0 means no limit.")
+    checkpoint_every: int = Field(500, ge=1, description="Updates between checkpoints.")
+    keep_checkpoints: int = Field(3, ge=1, description="Checkpoints kept on disk.")
+    log_every: float = Field(5.0, gt=0, description="Seconds between metric rows.")
+    progress: bool = Field(True, description="Live progress display on the console.")
+
+
+class ExperimentConfig(_Section):
+    env: EnvConfig = EnvConfig()
+    actors: ActorConfig = ActorConfig()
+    queue: QueueConfig = QueueConfig()
+    learner: LearnerConfig = LearnerConfig()
+    run: RunConfig = RunConfig()
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> "ExperimentConfig":
+        unrolls_per_batch = -(-self.learner.batch_size // self.env.envs_per_actor)
+        # The learner waits for a whole batch of unrolls; a queue that cannot hold one batch
+        # plus one in-flight insert would block actors and learner forever.
+        if self.queue.capacity < unrolls_per_batch + 1:
+            raise ValueError(
+                f"queue.capacity: {self.queue.capacity} must exceed the {unrolls_per_batch} unrolls "
+                f"per batch (learner.batch_size / env.envs_per_actor) by one, or inserts deadlock")
+        if self.env.kind == "atari" and self.learner.model == "mlp":
+            raise ValueError("learner.model: 'mlp' cannot read Atari frames; use 'nature' or 'resnet'")
+        if self.env.kind == "gym" and self.learner.model != "mlp":
+            raise ValueError(f"learner.model: {self.learner.model!r} expects 84x84 frames; use 'mlp' for gym vector observations")
+        if len(set(self.env.tasks)) != len(self.env.tasks):
+            raise ValueError(f"env.tasks: duplicate entries in {self.env.tasks}")
+        if self.actors.num_actors < len(self.env.tasks):
+            raise ValueError(f"actors.num_actors: {self.actors.num_actors} actors cannot cover {len(self.env.tasks)} tasks")
+        return self
+
+    @property
+    def frames_per_step(self) -> int:
+        """Emulator frames per agent step (frameskip 4 on Atari)."""
+        return 4 if self.env.kind == "atari" else 1
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: {key!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_overrides(pairs: list[str]) -> list[tuple[str, Any]]:
+    """`a.b=v` strings to (path, value) pairs; values are parsed as YAML (so 3, true, [a, b])."""
+    out = []
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. learner.lr=3e-4")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML ({exc.problem})") from None
+        out.append((key.strip(), value))
+    return out
+
+
+def _format_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        lines.append(f"{where}: {msg}" if where and not msg.startswith(where) else msg)
+    return "; ".join(lines)
+
+
+def config_from_dict(tree: dict) -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> ExperimentConfig:
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config: no such file {str(path)!r}")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config: {path} is not valid YAML: {exc}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config: {path} must hold a mapping of sections, got {type(tree).__name__}")
+    for key, value in parse_overrides(list(overrides)):
+        _set_path(tree, key, value)
+    cfg = config_from_dict(tree)
+    _validate_tasks(cfg)
+    return cfg
+
+
+def _validate_tasks(cfg: ExperimentConfig) -> None:
+    from envs import validate_task
+
+    for i, name in enumerate(cfg.env.tasks):
+        try:
+            validate_task(cfg.env.kind, name)
+        except ValueError as exc:
+            raise ConfigError(f"env.tasks.{i}: {exc}") from None
+
+
+def to_yaml(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,126 @@
+"""The one place that wires the topology: Ray, the queue service, the learner, the weight
+store and the rollout actors; then the loop that trains, logs, checkpoints and stops.
+
+Stopping: the run ends at `run.total_frames` (or `run.max_seconds`); Ctrl-C (SIGINT) or SIGTERM
+(what `ray job stop` sends) finishes the current learner chunk, writes a checkpoint and exits
+cleanly, so `accord train --resume RUN_DIR` continues from there.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import ray
+
+from accord.config import ExperimentConfig, to_yaml
+from accord.console import Console
+from accord.loop import RunResult, TrainingLoop
+from accord.metrics import EpisodeTracker, MetricsSink
+from actors.remote import RolloutActor
+from actors.rollout import env_options
+from envs import describe
+from learner.broadcast import WeightStore
+from learner.checkpoint import load_latest
+from learner.remote import LearnerActor
+from replay.service import QueueActor
+
+def new_run_dir(cfg: ExperimentConfig) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(cfg.run.root) / f"{cfg.run.name}-{stamp}"
+    path, i = base, 1
+    while path.exists():
+        path, i = Path(f"{base}-{i}"), i + 1
+    path.mkdir(parents=True)
+    return path
+
+
+def init_ray(address: str | None) -> bool:
+    """Join a cluster (address or RAY_ADDRESS) or start an embedded local one. True if we started it."""
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return False
+    # Embedded: dashboard only on loopback, no cluster, no Redis, no GPU needed.
+    ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True,
+             configure_logging=False)
+    return True
+
+
+class StopRequest:
+    """SIGINT/SIGTERM ask the loop to stop at its next check (chunks last about a second);
+    a second signal forces the exit."""
+
+    def __init__(self):
+        self.signal_name: str | None = None
+
+    def __call__(self, signum, frame):
+        if self.signal_name is not None:
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+
+
+def train(cfg: ExperimentConfig, run_dir: Path, *, address: str | None = None,
+          resume: bool = False, console: Console | None = None) -> RunResult:
+    console = console or Console(enabled=cfg.run.progress)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    started_ray = init_ray(address)
+    stop = StopRequest()
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _train(cfg, run_dir, resume, console, stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if started_ray:
+            ray.shutdown()
+
+
+def _train(cfg: ExperimentConfig, run_dir: Path, resume: bool, console: Console,
+           stop: StopRequest) -> RunResult:
+    obs_shape, _, num_actions = describe(cfg.env.kind, cfg.env.tasks[0], **env_options(cfg))
+    has_gpu = ray.cluster_resources().get("GPU", 0) >= 1 and cfg.learner.device != "cpu"
+    names = {"queue": f"accord-queue-{run_dir.name}", "weights": f"accord-weights-{run_dir.name}"}
+    queue = QueueActor.options(name=names["queue"]).remote("fifo", cfg.queue.capacity)
+    weight_store = WeightStore.options(name=names["weights"]).remote()
+    learner = LearnerActor.options(num_gpus=1 if has_gpu else 0, num_cpus=1).remote(
+        cfg, obs_shape, num_actions, queue, weight_store)
+    if resume:
+        restored = load_latest(run_dir)
+        for path, error in restored.corrupt:
+            console.log(f"[yellow]skipped corrupt checkpoint {path.name}: {error}")
+        if restored.path is None:
+            raise RuntimeError(f"--resume: no loadable checkpoint under {run_dir}/checkpoints")
+        counters = ray.get(learner.load.remote(str(restored.path)))
+        console.log(f"resumed from {restored.path.name} at update {counters['updates']}")
+    ray.get(learner.publish.remote())
+    actors = [
+        RolloutActor.options(max_restarts=cfg.actors.max_restarts, max_task_retries=0).remote(
+            cfg, i, obs_shape, num_actions, names["queue"], names["weights"])
+        for i in range(cfg.actors.num_actors)]
+    sink = MetricsSink(run_dir)
+    episodes = EpisodeTracker(cfg.env.tasks)
+    device = ray.get(learner.device_name.remote())
+    console.log(f"run directory {run_dir}; learner on {device}; {cfg.actors.num_actors} actors "
+                f"x {cfg.env.envs_per_actor} envs on {', '.join(cfg.env.tasks)}")
+    loop = TrainingLoop(cfg, run_dir, learner, queue, actors, sink, episodes, console, stop)
+    try:
+        return loop.run()
+    finally:
+        sink.close()
+        console.close()
+        _stop_actors(actors)
+
+
+def _stop_actors(actors) -> None:
+    refs = [a.stop.remote() for a in actors]
+    try:
+        ray.wait(refs, num_returns=len(refs), timeout=30)
+    except Exception:
+        pass
+    for actor in actors:
+        ray.kill(actor, no_restart=True)
+

@@ -1,0 +1,147 @@
+"""The driver's training loop: learner chunks, metric rows, actor health, checkpoints, stop."""
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ray
+
+from learner.learner import NonFiniteLossError
+
+EXIT_OK, EXIT_FAILED, EXIT_DIVERGED = 0, 1, 3
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    exit_code: int
+    reason: str
+    counters: dict = field(default_factory=dict)
+    returns: dict = field(default_factory=dict)
+    checkpoint: str | None = None
+
+
+class ActorHealth:
+    """Counts rollout-actor restarts (a new incarnation id) and actors that stopped answering."""
+
+    def __init__(self, actors):
+        self.actors = actors
+        self.incarnations: dict[int, str] = {}
+        self.restarts = 0
+        self.unreachable = 0
+        self.env_errors = 0
+        self.steps = 0
+        self.errors: list[str] = []
+
+    def poll(self, timeout: float = 2.0) -> None:
+        refs = {a.stats.remote(): i for i, a in enumerate(self.actors)}
+        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
+        self.unreachable = len(refs) - len(ready)
+        steps = env_errors = 0
+        for ref in ready:
+            i = refs[ref]
+            try:
+                stats = ray.get(ref)
+            except ray.exceptions.RayActorError:
+                self.unreachable += 1
+                continue
+            known = self.incarnations.get(i)
+            if known is not None and known != stats["incarnation"]:
+                self.restarts += 1
+            self.incarnations[i] = stats["incarnation"]
+            steps += stats["steps"]
+            env_errors += stats["env_errors"]
+            if stats["error"] and stats["error"] not in self.errors:
+                self.errors.append(stats["error"])
+        self.steps, self.env_errors = max(self.steps, steps), env_errors
+
+    def metrics(self) -> dict[str, float]:
+        return {"actors/restarts": self.restarts, "actors/unreachable": self.unreachable,
+                "actors/env_errors": self.env_errors}
+
+
+class TrainingLoop:
+    def __init__(self, cfg, run_dir, learner, queue, actors, sink, episodes, console, stop):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.learner, self.queue = learner, queue
+        self.sink, self.episodes, self.console = sink, episodes, console
+        self.health = ActorHealth(actors)
+        self.stop = stop  # .signal_name is set once SIGINT/SIGTERM arrives
+
+    def run(self) -> RunResult:
+        cfg = self.cfg
+        counters = ray.get(self.learner.counters.remote())
+        self.console.start(cfg.run.total_frames, counters["frames"])
+        start = last_log = time.monotonic()
+        last_frames, last_updates = counters["frames"], counters["updates"]
+        last_ckpt = counters["updates"]
+        chunk_metrics: dict = {}
+        reason, code = "finished", EXIT_OK
+        try:
+            while counters["frames"] < cfg.run.total_frames:
+                if self.stop.signal_name:
+                    reason = f"interrupted by {self.stop.signal_name}"
+                    break
+                if cfg.run.max_seconds and time.monotonic() - start >= cfg.run.max_seconds:
+                    reason = "time limit"
+                    break
+                chunk = ray.get(self.learner.train.remote(
+                    max_updates=cfg.run.checkpoint_every, max_seconds=min(1.0, cfg.run.log_every)))
+                counters, chunk_metrics = chunk["counters"], chunk["metrics"]
+                self.episodes.add(chunk["episodes"])
+                if counters["updates"] - last_ckpt >= cfg.run.checkpoint_every:
+                    self._checkpoint()
+                    last_ckpt = counters["updates"]
+                now = time.monotonic()
+                if now - last_log >= cfg.run.log_every:
+                    self._log(counters, chunk_metrics, now - last_log,
+                              counters["frames"] - last_frames, counters["updates"] - last_updates)
+                    last_log, last_frames, last_updates = now, counters["frames"], counters["updates"]
+        except ray.exceptions.RayTaskError as exc:
+            if not isinstance(exc.as_instanceof_cause(), NonFiniteLossError):
+                raise
+            reason, code = f"diverged: {str(exc.cause)}", EXIT_DIVERGED
+        # Further signals would abort the checkpoint that makes the stop resumable.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            path = self._checkpoint()
+            counters = ray.get(self.learner.counters.remote())
+            self._log(counters, chunk_metrics, max(time.monotonic() - last_log, 1e-9),
+                      counters["frames"] - last_frames, counters["updates"] - last_updates)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        self.console.close()
+        returns = {n: self.episodes.mean_return(n) for n in cfg.env.tasks}
+        self.console.log(f"{reason}: {counters['updates']} updates, {counters['frames']:,} frames; "
+                         f"checkpoint {path}; returns {_fmt_returns(returns)}")
+        if reason.startswith("interrupted"):
+            self.console.log(f"resume with: accord train --resume {self.run_dir}")
+        return RunResult(self.run_dir, code, reason, counters, returns, path)
+
+    def _checkpoint(self) -> str:
+        return ray.get(self.learner.save.remote(str(self.run_dir), self.cfg.run.keep_checkpoints))
+
+    def _log(self, counters, chunk_metrics, seconds, frames, updates) -> None:
+        self.health.poll()
+        queue_stats = ray.get(self.queue.stats.remote())
+        row = {
+            **chunk_metrics, **queue_stats, **self.health.metrics(), **self.episodes.metrics(),
+            "frames": counters["frames"], "updates": counters["updates"],
+            "fps": frames / seconds, "updates_per_s": updates / seconds,
+            "actors/env_steps": self.health.steps,
+        }
+        self.sink.write(counters["frames"], row)
+        returns = {n: self.episodes.mean_return(n) for n in self.cfg.env.tasks}
+        self.console.update(counters["frames"], (
+            f"{row['fps']:,.0f} fps | {row['updates_per_s']:.1f} upd/s | queue "
+            f"{queue_stats['queue/depth']:.0f}/{queue_stats['queue/capacity']:.0f} | lag "
+            f"{chunk_metrics.get('learner/lag_mean', 0):.1f} | return {_fmt_returns(returns)}"))
+        for error in self.health.errors:
+            self.console.log(f"[red]rollout actor error:[/red] {error.strip().splitlines()[-1]}")
+        self.health.errors.clear()
+
+
+def _fmt_returns(returns: dict) -> str:
+    return ", ".join(f"{n} {'-' if r is None else f'{r:.1f}'}" for n, r in returns.items())

@@ -1,0 +1,109 @@
+"""The one place metrics go: the run directory (CSV and TensorBoard) and Ray's metrics
+(`ray.util.metrics`, shown in the Ray dashboard's Metrics view and exported to Prometheus).
+
+Keys are slash-separated (`loss/main/pg`, `return/breakout`); Ray metric names replace the
+separators, since Prometheus allows only [a-zA-Z0-9_:].
+"""
+from __future__ import annotations
+
+import csv
+import re
+from collections import defaultdict, deque
+from pathlib import Path
+
+import numpy as np
+
+
+class EpisodeTracker:
+    """Per-task recent episode returns (raw scores) and lengths."""
+
+    def __init__(self, task_names: list[str], window: int = 100):
+        self.task_names = task_names
+        self.scores = {name: deque(maxlen=window) for name in task_names}
+        self.lengths = {name: deque(maxlen=window) for name in task_names}
+        self.count = defaultdict(int)
+
+    def add(self, episodes) -> None:
+        for task_id, score, length in episodes:
+            name = self.task_names[int(task_id)]
+            self.scores[name].append(float(score))
+            self.lengths[name].append(float(length))
+            self.count[name] += 1
+
+    def mean_return(self, name: str) -> float | None:
+        return float(np.mean(self.scores[name])) if self.scores[name] else None
+
+    def metrics(self) -> dict[str, float]:
+        out = {}
+        for name in self.task_names:
+            if self.scores[name]:
+                out[f"return/{name}"] = float(np.mean(self.scores[name]))
+                out[f"episode_length/{name}"] = float(np.mean(self.lengths[name]))
+            out[f"episodes/{name}"] = float(self.count[name])
+        return out
+
+
+def _ray_name(key: str) -> str:
+    return "accord_" + re.sub(r"[^a-zA-Z0-9_:]", "_", key)
+
+
+class MetricsSink:
+    """Writes rows of scalar metrics to metrics.csv, TensorBoard and Ray gauges."""
+
+    def __init__(self, run_dir: str | Path, use_ray: bool = True, tensorboard: bool = True):
+        self.run_dir = Path(run_dir)
+        self.csv_path = self.run_dir / "metrics.csv"
+        self._columns: list[str] = []
+        self._rows: list[dict] = []
+        if self.csv_path.exists():  # a resumed run appends to its own history
+            with open(self.csv_path, newline="") as fh:
+                reader = csv.DictReader(fh)
+                self._columns = list(reader.fieldnames or [])
+                self._rows = list(reader)
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.run_dir / "tb"))
+        self._use_ray = use_ray
+        self._gauges: dict = {}
+
+    def write(self, step: int, row: dict[str, float]) -> None:
+        row = {"step": step, **{k: float(v) for k, v in row.items()}}
+        new = [k for k in row if k not in self._columns]
+        self._rows.append(row)
+        if new:
+            # A new column (a task's first episode, say): rewrite once with the wider header.
+            self._columns += new
+            self._rewrite()
+        else:
+            with open(self.csv_path, "a", newline="") as fh:
+                csv.DictWriter(fh, self._columns).writerow(row)
+        if self._tb is not None:
+            for key, value in row.items():
+                if key != "step":
+                    self._tb.add_scalar(key, value, step)
+            self._tb.flush()
+        if self._use_ray:
+            self._to_ray(row)
+
+    def _rewrite(self) -> None:
+        tmp = self.csv_path.with_suffix(".tmp")
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, self._columns)
+            writer.writeheader()
+            writer.writerows(self._rows)
+        tmp.replace(self.csv_path)
+
+    def _to_ray(self, row: dict) -> None:
+        from ray.util.metrics import Gauge
+
+        for key, value in row.items():
+            gauge = self._gauges.get(key)
+            if gauge is None:
+                gauge = self._gauges[key] = Gauge(_ray_name(key), description=f"accord {key}")
+            gauge.set(value)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()

@@ -1,0 +1,92 @@
+"""Rollout worker: M environments of one task and a CPU copy of the policy, cut into unrolls.
+
+An unroll is a dict of numpy arrays, time-major like the V-trace learner wants:
+
+    obs               [T+1, M, *obs_shape]   obs[0] continues the previous unroll, obs[T] bootstraps
+    actions           [T, M] int64
+    rewards           [T, M] float32         training rewards (clipped on Atari)
+    terminated        [T, M] bool
+    truncated         [T, M] bool
+    behaviour_logits  [T, M, A] float32      mu, for the V-trace importance ratios
+    task_id           [M] int64
+    version           int                    weights that produced the whole unroll
+    episodes          [E, 3] float64         (task_id, raw score, length) of episodes that ended
+
+Weights change only between unrolls, so every step of one unroll has the same behaviour version.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from envs import make_vec_env
+from learner.models import build_model
+
+
+class RolloutWorker:
+    def __init__(self, cfg, actor_index: int, obs_shape, num_actions: int):
+        self.cfg = cfg
+        self.actor_index = actor_index
+        tasks = cfg.env.tasks
+        self.task_id = actor_index % len(tasks)
+        self.task_name = tasks[self.task_id]
+        seed = cfg.run.seed * 100_003 + actor_index
+        self.env = make_vec_env(
+            cfg.env.kind, self.task_name, self.task_id, cfg.env.envs_per_actor, seed,
+            **env_options(cfg))
+        self.model = build_model(cfg.learner.model, obs_shape, num_actions, len(tasks),
+                                 cfg.learner.per_task_heads)
+        self.model.eval()
+        self.version = -1
+        self.generator = torch.Generator().manual_seed(seed)
+        self.obs = self.env.reset(seed=seed)
+        self._task_ids = torch.full((self.env.num_envs,), self.task_id, dtype=torch.int64)
+        self.steps = 0
+
+    def set_weights(self, version: int, weights: dict[str, np.ndarray]) -> None:
+        self.model.load_state_dict({k: torch.tensor(v) for k, v in weights.items()})
+        self.version = version
+
+    @torch.inference_mode()
+    def unroll(self) -> dict:
+        T, M = self.cfg.actors.unroll_length, self.env.num_envs
+        obs = np.empty((T + 1, M, *self.obs.shape[1:]), dtype=self.obs.dtype)
+        actions = np.empty((T, M), dtype=np.int64)
+        rewards = np.empty((T, M), dtype=np.float32)
+        terminated = np.empty((T, M), dtype=bool)
+        truncated = np.empty((T, M), dtype=bool)
+        logits_buf = np.empty((T, M, self.model.num_actions), dtype=np.float32)
+        episodes = []
+        for t in range(T):
+            obs[t] = self.obs
+            logits, _ = self.model(torch.from_numpy(self.obs), self._task_ids)
+            action = torch.multinomial(torch.softmax(logits, -1), 1, generator=self.generator).squeeze(1)
+            result = self.env.step(action.numpy())
+            actions[t], logits_buf[t] = action.numpy(), logits.numpy()
+            rewards[t], terminated[t], truncated[t] = result.rewards, result.terminated, result.truncated
+            episodes += [(e.task_id, e.score, e.length) for e in result.episodes]
+            self.obs = result.obs
+        obs[T] = self.obs
+        self.steps += T * M
+        return {
+            "obs": obs, "actions": actions, "rewards": rewards, "terminated": terminated,
+            "truncated": truncated, "behaviour_logits": logits_buf,
+            "task_id": self._task_ids.numpy().copy(), "version": self.version,
+            "episodes": np.asarray(episodes, dtype=np.float64).reshape(-1, 3),
+        }
+
+    @property
+    def env_errors(self) -> int:
+        return getattr(self.env, "env_errors", 0)
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def env_options(cfg) -> dict:
+    """The options `make_vec_env` / `describe` take for this config."""
+    if cfg.env.kind == "atari":
+        return {"full_action_space": cfg.env.full_action_space, "sticky_actions": cfg.env.sticky_actions,
+                "clip_rewards": cfg.env.clip_rewards, "max_episode_frames": cfg.env.max_episode_frames}
+    return {}
+

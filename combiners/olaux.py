@@ -1,0 +1,113 @@
+"""OL-AUX: online learning of auxiliary-task weights (Lin et al., *Adaptive Auxiliary Task
+Weighting for Reinforcement Learning*, NeurIPS 2019, paper 001; signs as in paper 002).
+
+The shared parameters follow L(θ_t) = L_main(θ_t) + Σ_i w_i L_aux,i(θ_t), so with G's row 0
+= ∇θ L_main and rows 1.. = ∇θ L_aux,i the combined gradient is
+
+    g = ∇θ L_main + Σ_i w_i ∇θ L_aux,i ,        w initialised to 1.
+
+The weights chase the decrease of the main loss over the next N updates, V^N(w) =
+L_main(θ_{t+N}) − L_main(θ_t) ≈ −α Σ_j ∇L_main(θ_{t+j})ᵀ ∇L(θ_{t+j}) (paper 002 eq. 6), whose
+first-order gradient in w_i is −α Σ_j ∇L_main·∇L_aux,i (eq. 7). Descending it, every N = `horizon`
+updates:
+
+    w_i ← w_i + lr · Σ_{j over the horizon} ∇θ L_main(θ_j) · ∇θ L_aux,i(θ_j)
+
+so an aux term whose gradient agrees with the main one gains weight, and an adversarial one
+loses it. `lr` is β·α of Alg. 1 (the paper folds the θ step size into the w step and gives no
+value). `nonnegative` clamps w at 0, so a harmful term is switched off rather than reversed.
+
+Adaptive loss balancing (Alg. 1): with `log_losses` the aux terms enter as log L_aux,i, whose
+gradient is ∇L_aux,i / L_aux,i (aux losses are positive), and the dot products above use those
+rescaled gradients. The main RL loss can be negative, so it is used as it is.
+"""
+from __future__ import annotations
+
+import torch
+
+from combiners.base import Combiner, Stats, check_inputs, cosine, gram, host, mix, norm_stats, \
+    term_names
+
+
+class OLAux(Combiner):
+    role = "main_aux"
+
+    def __init__(self, horizon: int = 5, lr: float = 0.01, log_losses: bool = True,
+                 nonnegative: bool = True):
+        if int(horizon) != horizon or horizon < 1:
+            raise ValueError(f"horizon must be a positive integer, got {horizon}")
+        if not float(lr) >= 0.0:
+            raise ValueError(f"lr must be non-negative, got {lr}")
+        self.horizon, self.lr = int(horizon), float(lr)
+        self.log_losses, self.nonnegative = bool(log_losses), bool(nonnegative)
+        self._w: torch.Tensor | None = None    # w_i, float64 [K-1]
+        self._acc: torch.Tensor | None = None  # Σ over the current horizon of g_main·g_aux,i
+        self._step = 0
+
+    def _row_scale(self, losses: torch.Tensor | None, K: int) -> torch.Tensor:
+        """Factor turning raw rows into the gradients used: 1/L_aux,i under log losses."""
+        scale = torch.ones(K, dtype=torch.float64)
+        if not self.log_losses or K == 1:
+            return scale
+        if losses is None:
+            raise ValueError("OLAux(log_losses=True) needs the loss values to form ∇log L_aux")
+        aux = host(losses)[1:]
+        if not bool((aux > 0).all()):
+            raise ValueError(f"log_losses needs positive auxiliary losses, got {aux.tolist()}")
+        scale[1:] = 1.0 / aux
+        return scale
+
+    def combine(self, G, losses=None, layout=None, names=None):
+        check_inputs(G, losses, layout)
+        K = G.shape[0]
+        names = term_names(K, names, self.role)
+        if self._w is None:
+            self._w = torch.ones(K - 1, dtype=torch.float64)
+            self._acc = torch.zeros(K - 1, dtype=torch.float64)
+        elif self._w.numel() != K - 1:
+            raise ValueError(f"OLAux was fed {self._w.numel()} aux terms before, now {K - 1}")
+        scale = self._row_scale(losses, K)
+        M = gram(G)                                   # raw Gram, one sync
+        M_used = M * scale[:, None] * scale[None, :]  # Gram of the rows actually combined
+        dots = M_used[0, 1:]                          # ∇L_main · ∇(log) L_aux,i
+
+        w_used = self._w.clone()
+        coef = torch.cat([torch.ones(1, dtype=torch.float64), w_used]) * scale
+        g = mix(G, coef)
+
+        # Accumulate this update's dot products; step w at the end of each horizon (Alg. 1:
+        # the update of θ_t uses the w in force, then w moves if (t + 1) mod N == 0).
+        self._acc += dots
+        self._step += 1
+        if self._step % self.horizon == 0:
+            self._w = self._w + self.lr * self._acc
+            if self.nonnegative:
+                self._w.clamp_(min=0.0)
+            self._acc.zero_()
+
+        stats: Stats = norm_stats(M, coef, names)
+        cos = cosine(M[0, 1:], M[0, 0], M.diagonal()[1:])
+        for i, name in enumerate(names[1:]):
+            stats[f"w/{name}"] = float(w_used[i])
+            stats[f"dot/{name}"] = float(dots[i])
+            stats[f"cos/{name}"] = float(cos[i])
+        return g, stats
+
+    @property
+    def weights(self) -> torch.Tensor | None:
+        """Current w (used by the next update); None before the first update."""
+        return None if self._w is None else self._w.clone()
+
+    def state_dict(self) -> dict:
+        return {"weights": None if self._w is None else self._w.clone(),
+                "acc": None if self._acc is None else self._acc.clone(), "step": self._step}
+
+    def load_state_dict(self, state: dict) -> None:
+        w, acc = state["weights"], state["acc"]
+        self._w = None if w is None else torch.as_tensor(w, dtype=torch.float64).clone()
+        self._acc = None if acc is None else torch.as_tensor(acc, dtype=torch.float64).clone()
+        self._step = int(state["step"])
+
+    def __repr__(self) -> str:
+        return (f"OLAux(horizon={self.horizon}, lr={self.lr}, log_losses={self.log_losses}, "
+                f"nonnegative={self.nonnegative})")

@@ -1,0 +1,49 @@
+"""One entry point for every env kind: ``make_vec_env``, ``describe``, ``validate_task``.
+
+``KINDS`` maps a kind to the module that implements it. Each such module defines
+``make_vec_env(task_name, task_id, num_envs, seed, **options)``, ``describe(task_name,
+**options)``, ``validate_task(task_name)`` and ``normalize_task(task_name)``; adding a kind is
+one module plus one line here. Modules are imported on first use so that, say, a
+CartPole-only run never imports MuJoCo.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+import numpy as np
+
+from .base import VecEnv
+
+KINDS: dict[str, str] = {
+    "atari": ".atari",  # relative to this package; an absolute module path works too
+    "gym": ".gym_vector",
+}
+
+
+def _kind_module(kind: str) -> ModuleType:
+    if kind not in KINDS:
+        raise ValueError(f"unknown env kind {kind!r}; known kinds: {', '.join(sorted(KINDS))}")
+    return importlib.import_module(KINDS[kind], __package__)
+
+
+def make_vec_env(kind: str, task_name: str, task_id: int, num_envs: int, seed: int, **options) -> VecEnv:
+    """Creates ``num_envs`` copies of one task; call ``reset()`` before the first ``step``."""
+    return _kind_module(kind).make_vec_env(task_name, task_id, num_envs, seed, **options)
+
+
+def describe(kind: str, task_name: str, **options) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(observation_shape, observation_dtype, num_actions), for sizing a model before any
+    actor starts. May create and close one env; never steps it."""
+    return _kind_module(kind).describe(task_name, **options)
+
+
+def validate_task(kind: str, task_name: str) -> None:
+    """Raises ValueError naming the task when it does not exist; fast, creates no env."""
+    _kind_module(kind).validate_task(task_name)
+
+
+def normalize_task(kind: str, task_name: str) -> str:
+    """The canonical spelling of a task name (e.g. "BreakoutNoFrameskip-v4" -> "breakout")."""
+    return _kind_module(kind).normalize_task(task_name)

@@ -1,0 +1,29 @@
+"""Weight broadcast: the learner publishes once, every actor reads the same object.
+
+Every k updates the learner `ray.put`s its weights once (not once per actor) and hands the
+reference and its version to this small store. Actors ask at each unroll boundary whether a
+newer version exists and fetch it from the object store only then.
+"""
+from __future__ import annotations
+
+import ray
+
+
+@ray.remote(num_cpus=0)
+class WeightStore:
+    def __init__(self):
+        self.version = -1
+        self._ref = None
+
+    def publish(self, version: int, wrapped_ref: list) -> None:
+        # Keep only the newest reference: older weights leave the object store.
+        self.version, self._ref = version, wrapped_ref[0]
+
+    def latest(self, have_version: int):
+        """(version, [ref]) when newer than `have_version`, else None."""
+        if self._ref is None or self.version <= have_version:
+            return None
+        return self.version, [self._ref]
+
+    def current_version(self) -> int:
+        return self.version

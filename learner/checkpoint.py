@@ -1,0 +1,66 @@
+"""One checkpoint format: a torch file of tensors and plain values, loaded with
+`weights_only=True` so that opening a checkpoint never unpickles arbitrary objects.
+
+Writes are atomic (temp file in the same directory, fsync, rename), so a crash mid-write
+leaves the previous checkpoint intact; the last `keep` are kept. A checkpoint that fails to
+load is skipped, counted and reported, and the next older one is tried.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+_NAME = re.compile(r"^ckpt_(\d{9})\.pt$")
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Checkpoints of a run, oldest first."""
+    directory = checkpoint_dir(run_dir)
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if _NAME.match(p.name))
+
+
+def save_checkpoint(run_dir: str | Path, state: dict, step: int, keep: int = 3) -> Path:
+    directory = checkpoint_dir(run_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"ckpt_{step:09d}.pt"
+    tmp = directory / f".{final.name}.tmp"
+    with open(tmp, "wb") as fh:
+        torch.save(state, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        old.unlink(missing_ok=True)
+    return final
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+@dataclass
+class Restored:
+    state: dict | None
+    path: Path | None
+    corrupt: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def load_latest(run_dir: str | Path, map_location="cpu") -> Restored:
+    """The newest checkpoint that loads; corrupt ones are listed with their error."""
+    corrupt = []
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            return Restored(load_checkpoint(path, map_location), path, corrupt)
+        except Exception as exc:  # truncated file, bad zip, refused pickle: try the older one
+            corrupt.append((path, f"{type(exc).__name__}: {exc}".splitlines()[0][:200]))
+    return Restored(None, None, corrupt)

@@ -1,0 +1,158 @@
+"""The IMPALA learner step, top to bottom: batch -> forward -> named V-trace loss terms ->
+gradient -> clip -> RMSProp step (Espeholt et al., 2018, with paper 000's settings).
+
+`Learner` is a plain class (no Ray) so the math and resume are testable on their own;
+`learner/remote.py` wraps it as a Ray actor. Its whole state is one explicit value
+(`state_dict()` / `load_state_dict()`): weights, optimizer, counters and RNG states, so that
+save -> load -> continue is bit-identical to continuing.
+"""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from learner.impala_loss import impala_loss, total_loss
+from learner.models import build_model
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised after `max_nonfinite_run` consecutive updates with a non-finite loss."""
+
+
+def collate(unrolls: list[dict]) -> dict:
+    """Concatenate unrolls along the batch axis (axis 1 of time-major arrays)."""
+    batch = {k: np.concatenate([u[k] for u in unrolls], axis=1)
+             for k in ("obs", "actions", "rewards", "terminated", "truncated", "behaviour_logits")}
+    batch["task_id"] = np.concatenate([u["task_id"] for u in unrolls])
+    batch["versions"] = np.asarray([u["version"] for u in unrolls], dtype=np.int64)
+    batch["episodes"] = np.concatenate([u["episodes"] for u in unrolls])
+    return batch
+
+
+class Learner:
+    def __init__(self, cfg, obs_shape, num_actions: int, device: str = "cpu"):
+        self.cfg, self.lcfg = cfg, cfg.learner
+        self.device = torch.device(device)
+        self.num_tasks = len(cfg.env.tasks)
+        self.model = build_model(self.lcfg.model, obs_shape, num_actions, self.num_tasks,
+                                 self.lcfg.per_task_heads).to(self.device)
+        self.optimizer = torch.optim.RMSprop(
+            self.model.parameters(), lr=self.lcfg.lr, alpha=self.lcfg.rmsprop_alpha,
+            eps=self.lcfg.rmsprop_eps, momentum=self.lcfg.rmsprop_momentum)
+        self.updates = 0
+        self.frames = 0          # environment frames consumed (agent steps x frameskip)
+        self.nonfinite_total = 0
+        self.nonfinite_run = 0
+        self._pin = self.device.type == "cuda"
+
+    # ---------------------------------------------------------------- data
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        if self._pin:
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
+
+    # ---------------------------------------------------------------- the step
+    def update(self, batch: dict) -> dict[str, float]:
+        """One learner step on a collated batch; returns metrics (empty loss terms if skipped)."""
+        T, B = batch["actions"].shape
+        obs = self._to_device(batch["obs"])                       # [T+1, B, ...]
+        actions = self._to_device(batch["actions"])
+        rewards = self._to_device(batch["rewards"])
+        episode_end = self._to_device(batch["terminated"] | batch["truncated"])
+        behaviour_logits = self._to_device(batch["behaviour_logits"])
+        task_id = self._to_device(batch["task_id"])
+
+        with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                            enabled=self.lcfg.bf16 and self.device.type == "cuda"):
+            flat_obs = obs.reshape((T + 1) * B, *obs.shape[2:])
+            logits, values = self.model(flat_obs, task_id.repeat(T + 1))
+        logits = logits.float().view(T + 1, B, -1)
+        values = values.float().view(T + 1, B)
+
+        # After a same-step autoreset the final observation of an ended episode is gone, so a
+        # truncation is cut like a termination: no bootstrap across it.
+        discounts = self.lcfg.discount * (~episode_end).float()
+        terms = impala_loss(
+            logits[:-1], values[:-1], values[-1], actions, behaviour_logits, rewards, discounts,
+            baseline_coef=self.lcfg.baseline_coef, entropy_coef=self.lcfg.entropy_coef,
+            clip_rho=self.lcfg.clip_rho, clip_pg_rho=self.lcfg.clip_pg_rho, clip_c=self.lcfg.clip_c,
+            reduction=self.lcfg.loss_reduction)
+        loss = total_loss(terms)
+
+        self.frames += T * B * self.cfg.frames_per_step
+        metrics = {f"loss/{k}": float(v.detach()) for k, v in terms.items()}
+        if not torch.isfinite(loss):
+            # Skip the step, keep the weights; a run of these means the run has diverged.
+            self.nonfinite_total += 1
+            self.nonfinite_run += 1
+            if self.nonfinite_run >= self.lcfg.max_nonfinite_run:
+                raise NonFiniteLossError(
+                    f"{self.nonfinite_run} consecutive non-finite losses (last {float(loss)}); "
+                    f"stopping. Lower learner.lr or check the rewards.")
+            return {**metrics, "learner/nonfinite_total": float(self.nonfinite_total)}
+        self.nonfinite_run = 0
+
+        self._set_lr()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.lcfg.max_grad_norm)
+        self.optimizer.step()
+        self.updates += 1
+        metrics.update({
+            "loss/total": float(loss.detach()), "learner/grad_norm": float(grad_norm),
+            "learner/lr": self.optimizer.param_groups[0]["lr"],
+            "learner/nonfinite_total": float(self.nonfinite_total),
+        })
+        return metrics
+
+    def _set_lr(self) -> None:
+        lr = self.lcfg.lr
+        if self.lcfg.lr_decay:
+            lr *= max(0.0, 1.0 - self.frames / self.cfg.run.total_frames)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    # ---------------------------------------------------------------- weights and state
+    def weights(self) -> dict[str, np.ndarray]:
+        return {k: v.detach().cpu().numpy() for k, v in self.model.state_dict().items()}
+
+    def state_dict(self) -> dict:
+        np_state = np.random.get_state()
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "counters": {"updates": self.updates, "frames": self.frames,
+                         "nonfinite_total": self.nonfinite_total, "nonfinite_run": self.nonfinite_run},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                "numpy_pos": int(np_state[2]),
+                "python": _python_rng_tensor(),
+            },
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for key, value in state["counters"].items():
+            setattr(self, key, int(value))
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        np.random.set_state(("MT19937", rng["numpy_keys"].numpy().astype(np.uint32), rng["numpy_pos"], 0, 0.0))
+        random.setstate(_python_rng_from_tensor(rng["python"]))
+
+
+def _python_rng_tensor() -> torch.Tensor:
+    version, internal, gauss = random.getstate()
+    return torch.tensor(list(internal), dtype=torch.int64)
+
+
+def _python_rng_from_tensor(t: torch.Tensor) -> tuple:
+    return (3, tuple(int(x) for x in t.tolist()), None)
+

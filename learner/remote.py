@@ -1,0 +1,110 @@
+"""The learner actor: pulls batches from the queue service, steps the `Learner`, publishes
+weights every k updates and writes checkpoints. The driver calls `train` in short chunks so it
+can log, checkpoint and stop between them.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import numpy as np
+import ray
+import torch
+
+from learner.checkpoint import load_checkpoint, save_checkpoint
+from learner.learner import Learner, collate
+
+
+def resolve_device(requested: str) -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("learner.device: 'cuda' requested but this learner sees no GPU")
+    return requested
+
+
+@ray.remote
+class LearnerActor:
+    def __init__(self, cfg, obs_shape, num_actions: int, queue, weight_store):
+        torch.set_num_threads(cfg.learner.num_threads)
+        torch.manual_seed(cfg.run.seed)
+        np.random.seed(cfg.run.seed)
+        self.cfg = cfg
+        self.queue, self.weight_store = queue, weight_store
+        self.device = resolve_device(cfg.learner.device)
+        self.learner = Learner(cfg, obs_shape, num_actions, self.device)
+        self.unrolls_per_batch = -(-cfg.learner.batch_size // cfg.env.envs_per_actor)
+        self._pending = None
+        self.lost_unrolls = 0
+        self.published_version = -1
+
+    def device_name(self) -> str:
+        return self.device
+
+    def load(self, path: str) -> dict:
+        self.learner.load_state_dict(load_checkpoint(path, map_location=self.device))
+        return self.counters()
+
+    def save(self, run_dir: str, keep: int) -> str:
+        return str(save_checkpoint(run_dir, self.learner.state_dict(), self.learner.updates, keep))
+
+    def publish(self) -> int:
+        ref = ray.put(self.learner.weights())  # once, however many actors read it
+        ray.get(self.weight_store.publish.remote(self.learner.updates, [ref]))
+        self.published_version = self.learner.updates
+        return self.published_version
+
+    def counters(self) -> dict:
+        return {"updates": self.learner.updates, "frames": self.learner.frames,
+                "nonfinite_total": self.learner.nonfinite_total, "lost_unrolls": self.lost_unrolls,
+                "version": self.published_version}
+
+    def _fetch(self, refs: list) -> list[dict]:
+        try:
+            return ray.get(refs)
+        except ray.exceptions.ObjectLostError:
+            kept = []
+            for ref in refs:  # keep what survived; count what did not
+                try:
+                    kept.append(ray.get(ref))
+                except ray.exceptions.ObjectLostError:
+                    self.lost_unrolls += 1
+            return kept
+
+    def train(self, max_updates: int, max_seconds: float) -> dict:
+        """Run up to `max_updates` updates or `max_seconds`; returns the chunk's metrics."""
+        start = time.monotonic()
+        sums: dict[str, float] = defaultdict(float)
+        episodes, lags = [], []
+        waited, done = 0.0, 0
+        while done < max_updates and time.monotonic() - start < max_seconds:
+            if self._pending is None:
+                self._pending = self.queue.sample.remote(self.unrolls_per_batch, 1.0)
+            t0 = time.monotonic()
+            refs = ray.get(self._pending)
+            waited += time.monotonic() - t0
+            # Ask for the next batch now so its references are ready when this update ends.
+            self._pending = self.queue.sample.remote(self.unrolls_per_batch, 1.0)
+            if refs is None:
+                continue
+            unrolls = self._fetch(refs)
+            if not unrolls:
+                continue
+            batch = collate(unrolls)
+            metrics = self.learner.update(batch)
+            for key, value in metrics.items():
+                sums[key] += value
+            lags.extend(self.learner.updates - batch["versions"])
+            episodes.extend(batch["episodes"].tolist())
+            done += 1
+            if self.learner.updates % self.cfg.learner.publish_every == 0:
+                self.publish()
+        elapsed = time.monotonic() - start
+        out = {k: v / max(done, 1) for k, v in sums.items()}
+        out.update({
+            "learner/updates_in_chunk": float(done), "learner/seconds": elapsed,
+            "learner/wait_fraction": waited / max(elapsed, 1e-9),
+            "learner/lag_mean": float(np.mean(lags)) if lags else 0.0,
+            "learner/lost_unrolls": float(self.lost_unrolls),
+        })
+        return {"metrics": out, "episodes": episodes, "counters": self.counters()}
