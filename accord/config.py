@@ -74,6 +74,7 @@ class RunConfig(_Section):
     seed: int = Field(0, ge=0, description="Seeds torch, numpy and the environments.")
     total_frames: int = Field(1_000_000, ge=1, description="Stop after this many environment frames (agent steps x frameskip on Atari) reach the learner.")
     max_seconds: float = Field(0.0, ge=0, description="Also stop after this wall time; 0 means no limit.")
+    stop_return: float | None = Field(None, description="Also stop once every task's mean return (last 100 episodes) reaches this.")
     checkpoint_every: int = Field(500, ge=1, description="Updates between checkpoints.")
     keep_checkpoints: int = Field(3, ge=1, description="Checkpoints kept on disk.")
     log_every: float = Field(5.0, gt=0, description="Seconds between metric rows.")
@@ -165,7 +166,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Experimen
         try:
             tree = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config: {path} is not valid YAML: {exc}") from None
+            raise ConfigError(f"config: {path} is not valid YAML: {' '.join(str(exc).split())}") from None  # the CLI prints one line
         if not isinstance(tree, dict):
             raise ConfigError(f"config: {path} must hold a mapping of sections, got {type(tree).__name__}")
     for key, value in parse_overrides(list(overrides)):

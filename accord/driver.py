@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import signal
 import time
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
@@ -36,8 +38,11 @@ def new_run_dir(cfg: ExperimentConfig) -> Path:
     return path
 
 
-def init_ray(address: str | None) -> bool:
-    """Join a cluster (address or RAY_ADDRESS) or start an embedded local one. True if we started it."""
+def init_ray(address: str | None, num_actors: int = 1) -> bool:
+    """Join a cluster (address or RAY_ADDRESS) or start an embedded local one. True if we started it.
+
+    The embedded Ray gets at least one CPU slot per rollout actor plus the learner, so a laptop
+    run with more actors than cores oversubscribes instead of leaving actors unscheduled."""
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
@@ -46,7 +51,7 @@ def init_ray(address: str | None) -> bool:
         return False
     # Embedded: dashboard only on loopback, no cluster, no Redis, no GPU needed.
     ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True,
-             configure_logging=False)
+             configure_logging=False, num_cpus=max(os.cpu_count() or 1, num_actors + 1))
     return True
 
 
@@ -67,7 +72,7 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, address: str | None = None,
           resume: bool = False, console: Console | None = None) -> RunResult:
     console = console or Console(enabled=cfg.run.progress)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    started_ray = init_ray(address)
+    started_ray = init_ray(address, cfg.actors.num_actors)
     stop = StopRequest()
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -79,48 +84,69 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, address: str | None = None,
             ray.shutdown()
 
 
-def _train(cfg: ExperimentConfig, run_dir: Path, resume: bool, console: Console,
-           stop: StopRequest) -> RunResult:
+@dataclass
+class Topology:
+    """The running roles of one run: queue service, weight store, learner, rollout actors."""
+    queue: ray.actor.ActorHandle
+    weight_store: ray.actor.ActorHandle
+    learner: ray.actor.ActorHandle
+    actors: list
+    obs_shape: tuple
+    num_actions: int
+
+    def stop(self) -> None:
+        refs = [a.stop.remote() for a in self.actors]
+        ray.wait(refs, num_returns=len(refs), timeout=10)
+        for handle in [*self.actors, self.learner, self.weight_store, self.queue]:
+            ray.kill(handle, no_restart=True)
+
+
+def start_topology(cfg: ExperimentConfig, run_id: str, checkpoint: str | None = None) -> Topology:
+    """Create every role on the connected Ray cluster; load `checkpoint` into the learner first."""
     obs_shape, _, num_actions = describe(cfg.env.kind, cfg.env.tasks[0], **env_options(cfg))
     has_gpu = ray.cluster_resources().get("GPU", 0) >= 1 and cfg.learner.device != "cpu"
-    names = {"queue": f"accord-queue-{run_dir.name}", "weights": f"accord-weights-{run_dir.name}"}
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if cpus < cfg.actors.num_actors + 1:
+        warnings.warn(f"the cluster has {cpus:.0f} CPUs for {cfg.actors.num_actors} rollout actors "
+                      f"and the learner (one each): some actors wait until nodes join")
+    names = {"queue": f"accord-queue-{run_id}", "weights": f"accord-weights-{run_id}"}
     queue = QueueActor.options(name=names["queue"]).remote("fifo", cfg.queue.capacity)
     weight_store = WeightStore.options(name=names["weights"]).remote()
     learner = LearnerActor.options(num_gpus=1 if has_gpu else 0, num_cpus=1).remote(
         cfg, obs_shape, num_actions, queue, weight_store)
+    if checkpoint is not None:
+        ray.get(learner.load.remote(checkpoint))
+    # Actors wait for these weights, so no experience from unpublished weights is produced.
+    ray.get(learner.publish.remote())
+    actors = [
+        RolloutActor.options(max_restarts=cfg.actors.max_restarts, max_task_retries=0).remote(
+            cfg, i, obs_shape, num_actions, names["queue"], names["weights"])
+        for i in range(cfg.actors.num_actors)]
+    return Topology(queue, weight_store, learner, actors, tuple(obs_shape), num_actions)
+
+
+def _train(cfg: ExperimentConfig, run_dir: Path, resume: bool, console: Console,
+           stop: StopRequest) -> RunResult:
+    checkpoint = None
     if resume:
         restored = load_latest(run_dir)
         for path, error in restored.corrupt:
             console.log(f"[yellow]skipped corrupt checkpoint {path.name}: {error}")
         if restored.path is None:
             raise RuntimeError(f"--resume: no loadable checkpoint under {run_dir}/checkpoints")
-        counters = ray.get(learner.load.remote(str(restored.path)))
-        console.log(f"resumed from {restored.path.name} at update {counters['updates']}")
-    ray.get(learner.publish.remote())
-    actors = [
-        RolloutActor.options(max_restarts=cfg.actors.max_restarts, max_task_retries=0).remote(
-            cfg, i, obs_shape, num_actions, names["queue"], names["weights"])
-        for i in range(cfg.actors.num_actors)]
+        checkpoint = str(restored.path)
+        console.log(f"resuming from {restored.path.name}")
+    topo = start_topology(cfg, run_dir.name, checkpoint)
     sink = MetricsSink(run_dir)
     episodes = EpisodeTracker(cfg.env.tasks)
-    device = ray.get(learner.device_name.remote())
+    device = ray.get(topo.learner.device_name.remote())
     console.log(f"run directory {run_dir}; learner on {device}; {cfg.actors.num_actors} actors "
                 f"x {cfg.env.envs_per_actor} envs on {', '.join(cfg.env.tasks)}")
-    loop = TrainingLoop(cfg, run_dir, learner, queue, actors, sink, episodes, console, stop)
+    loop = TrainingLoop(cfg, run_dir, topo.learner, topo.queue, topo.actors, sink, episodes,
+                        console, stop)
     try:
         return loop.run()
     finally:
         sink.close()
         console.close()
-        _stop_actors(actors)
-
-
-def _stop_actors(actors) -> None:
-    refs = [a.stop.remote() for a in actors]
-    try:
-        ray.wait(refs, num_returns=len(refs), timeout=30)
-    except Exception:
-        pass
-    for actor in actors:
-        ray.kill(actor, no_restart=True)
-
+        topo.stop()

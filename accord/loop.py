@@ -91,6 +91,9 @@ class TrainingLoop:
                     max_updates=cfg.run.checkpoint_every, max_seconds=min(1.0, cfg.run.log_every)))
                 counters, chunk_metrics = chunk["counters"], chunk["metrics"]
                 self.episodes.add(chunk["episodes"])
+                if self._reached_stop_return():
+                    reason = f"every task reached mean return {cfg.run.stop_return}"
+                    break
                 if counters["updates"] - last_ckpt >= cfg.run.checkpoint_every:
                     self._checkpoint()
                     last_ckpt = counters["updates"]
@@ -119,6 +122,15 @@ class TrainingLoop:
         if reason.startswith("interrupted"):
             self.console.log(f"resume with: accord train --resume {self.run_dir}")
         return RunResult(self.run_dir, code, reason, counters, returns, path)
+
+    def _reached_stop_return(self) -> bool:
+        target = self.cfg.run.stop_return
+        if target is None:
+            return False
+        # A full window, so that a few lucky first episodes do not end the run.
+        window = self.episodes.scores[self.cfg.env.tasks[0]].maxlen
+        returns = [self.episodes.mean_return(n, min_episodes=window) for n in self.cfg.env.tasks]
+        return all(r is not None and r >= target for r in returns)
 
     def _checkpoint(self) -> str:
         return ray.get(self.learner.save.remote(str(self.run_dir), self.cfg.run.keep_checkpoints))

@@ -30,8 +30,11 @@ class EpisodeTracker:
             self.lengths[name].append(float(length))
             self.count[name] += 1
 
-    def mean_return(self, name: str) -> float | None:
-        return float(np.mean(self.scores[name])) if self.scores[name] else None
+    def mean_return(self, name: str, min_episodes: int = 1) -> float | None:
+        """Mean raw score over the window; None until `min_episodes` have finished."""
+        if len(self.scores[name]) < max(min_episodes, 1):
+            return None
+        return float(np.mean(self.scores[name]))
 
     def metrics(self) -> dict[str, float]:
         out = {}

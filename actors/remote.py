@@ -57,8 +57,8 @@ class RolloutActor:
             while not self._stop.is_set():
                 unroll = self.worker.unroll()
                 ref = ray.put(unroll)
-                if pending_insert is not None:
-                    ray.get(pending_insert)  # blocks while the queue is full
+                if pending_insert is not None and not self._wait(pending_insert):
+                    return
                 pending_insert = self.queue.insert.remote([ref], self.worker.task_id)
                 self.unrolls += 1
                 if pending_version is not None:
@@ -73,6 +73,14 @@ class RolloutActor:
             self.error = traceback.format_exc()
             print(f"rollout actor {self.worker.actor_index} failed:\n{self.error}", file=sys.stderr, flush=True)
             os._exit(1)
+
+    def _wait(self, ref) -> bool:
+        """Wait for an insert (it blocks while the queue is full); False if asked to stop."""
+        while not ray.wait([ref], timeout=0.5)[0]:
+            if self._stop.is_set():
+                return False
+        ray.get(ref)
+        return True
 
     def stats(self) -> dict:
         return {"unrolls": self.unrolls, "steps": self.worker.steps, "version": self.worker.version,

@@ -33,6 +33,15 @@ from combiners.base import (Combiner, Stats, check_inputs, cosine, gram, host, m
 
 
 class CosineGate(Combiner):
+    """Row 0 main, rows 1.. aux. `mode`: "unweighted" (Alg. 1) or "weighted" (Alg. 2);
+    `per_layer`: mean of per-layer cosines (else one cosine over all of P); `ema`: smoothing of
+    the cosine per measurement (0: none); `threshold`: gate on iff smoothed cos ≥ threshold;
+    `every`: measure on every k-th update, hold the gate in between.
+
+    Stats: `cos/<aux>` (smoothed), `cos_now/<aux>` and `cos_now/<aux>/<layer>` (this
+    measurement), `gate/<aux>` (weight applied), `gate/measured`, `norm/<term>`.
+    """
+
     role = "main_aux"
 
     def __init__(self, mode: str = "unweighted", per_layer: bool = True, ema: float = 0.999,
@@ -81,8 +90,9 @@ class CosineGate(Combiner):
     # ---- interface ---------------------------------------------------------------------------
 
     def _check_size(self, K: int) -> None:
-        if self._c is not None and self._c.numel() != K - 1:
-            raise ValueError(f"CosineGate was fed {self._c.numel()} aux terms before, now {K - 1}")
+        if self._gate is not None and self._gate.numel() != K - 1:
+            raise ValueError(f"CosineGate was fed {self._gate.numel()} aux terms before, "
+                             f"now {K - 1}")
 
     def _measures_now(self) -> bool:
         return self._gate is None or self._step % self.every == 0
@@ -96,12 +106,19 @@ class CosineGate(Combiner):
         measured = self._measures_now()
         if measured:
             c_t, cos_layer, M = self._measure(G, layout)
-            self._gate = self._gate_from(self._smooth(c_t))
+            if bool(torch.isfinite(M).all()):   # (cosine() would turn NaN into 0)
+                self._gate = self._gate_from(self._smooth(c_t))
+            else:
+                # A non-finite gradient must not poison the average for the rest of the run:
+                # keep the state (aux off if nothing was measured yet) and say so.
+                stats["gate/nonfinite"] = 1.0
+                if self._gate is None:
+                    self._gate = torch.zeros(K - 1, dtype=torch.float64)
             for i, name in enumerate(names[1:]):
                 stats[f"cos_now/{name}"] = float(c_t[i])
                 if cos_layer is not None and len(layout) > 1:
                     for (layer, _, _), v in zip(layout, cos_layer[:, i]):
-                        stats[f"cos/{name}/{layer}"] = float(v)
+                        stats[f"cos_now/{name}/{layer}"] = float(v)
         # The main row always enters with weight 1.
         w = torch.cat([torch.ones(1, dtype=torch.float64), self._gate])
         if measured:
@@ -124,7 +141,10 @@ class CosineGate(Combiner):
         return self._gate_stats(term_names(K, names, self.role), measured=False)
 
     def _gate_stats(self, names, measured: bool) -> Stats:
-        c_hat = self._c / (1.0 - self.ema ** self._n)
+        if self._n == 0:
+            c_hat = torch.full((len(names) - 1,), float("nan"), dtype=torch.float64)
+        else:
+            c_hat = self._c / (1.0 - self.ema ** self._n)
         stats = {"gate/measured": float(measured)}
         for i, name in enumerate(names[1:]):
             stats[f"cos/{name}"] = float(c_hat[i])

@@ -21,7 +21,7 @@ class Layout:
             raise ValueError("a Layout needs at least one layer")
         expected = 0
         for name, start, stop in slices:
-            # Gap-free and ordered, so that flatten/unflatten and the layout agree column for column.
+            # Gap-free and ordered: flatten/unflatten and the layout agree column for column.
             if start != expected or stop <= start:
                 raise ValueError(f"layer {name!r} spans [{start}, {stop}); expected it to start at "
                                  f"{expected} and be non-empty")

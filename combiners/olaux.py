@@ -30,6 +30,13 @@ from combiners.base import Combiner, Stats, check_inputs, cosine, gram, host, mi
 
 
 class OLAux(Combiner):
+    """Row 0 main, rows 1.. aux. `horizon`: N, updates between weight steps; `lr`: step size of
+    w; `log_losses`: aux terms as log L_aux (needs `losses`); `nonnegative`: clamp w at 0.
+
+    Stats: `w/<aux>` (weight used this update), `dot/<aux>` (∇L_main · ∇L_aux as used),
+    `cos/<aux>`, `norm/<term>`. `state_dict()["weights"]` is w.
+    """
+
     role = "main_aux"
 
     def __init__(self, horizon: int = 5, lr: float = 0.01, log_losses: bool = True,
@@ -77,7 +84,9 @@ class OLAux(Combiner):
 
         # Accumulate this update's dot products; step w at the end of each horizon (Alg. 1:
         # the update of θ_t uses the w in force, then w moves if (t + 1) mod N == 0).
-        self._acc += dots
+        finite = bool(torch.isfinite(M).all())
+        if finite:   # a non-finite gradient must not poison w for the rest of the run
+            self._acc += dots
         self._step += 1
         if self._step % self.horizon == 0:
             self._w = self._w + self.lr * self._acc
@@ -86,6 +95,8 @@ class OLAux(Combiner):
             self._acc.zero_()
 
         stats: Stats = norm_stats(M, coef, names)
+        if not finite:
+            stats["olaux/nonfinite"] = 1.0
         cos = cosine(M[0, 1:], M[0, 0], M.diagonal()[1:])
         for i, name in enumerate(names[1:]):
             stats[f"w/{name}"] = float(w_used[i])

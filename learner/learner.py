@@ -90,7 +90,7 @@ class Learner:
             self.nonfinite_run += 1
             if self.nonfinite_run >= self.lcfg.max_nonfinite_run:
                 raise NonFiniteLossError(
-                    f"{self.nonfinite_run} consecutive non-finite losses (last {float(loss)}); "
+                    f"{self.nonfinite_run} consecutive non-finite losses (last {float(loss.detach())}); "
                     f"stopping. Lower learner.lr or check the rewards.")
             return {**metrics, "learner/nonfinite_total": float(self.nonfinite_total)}
         self.nonfinite_run = 0

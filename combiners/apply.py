@@ -1,0 +1,172 @@
+"""One call from named loss terms to `.grad`: per-term gradients -> combiner -> parameters.
+
+    stats = apply_combined(combiner, {"main": l_main, "aux/inverse": l_inv},
+                           shared=list(model.torso.named_parameters()),
+                           task_params={"main": list(model.pi.parameters()),
+                                        "aux/inverse": list(model.inv_head.parameters())})
+    clip_grad_norm_(...); optimizer.step()
+
+Shared parameters (reached by several terms) get the combined gradient; task-specific
+parameters (heads that only one term uses) get that term's own gradient, untouched, as in
+Prop. 2 / Alg. 1 of paper 000 and Alg. 1 of paper 003. Both sets are given explicitly, never
+guessed from `grad is None`. `.grad` is overwritten, as after `zero_grad(); backward()`.
+
+When the combiner already knows its weights (`Sum`, `CosineGate` between measurements), no
+per-term gradients are built: one backward of Σ_k w_k L_k gives the shared gradient.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from combiners.base import Combiner, Stats
+from combiners.gradients import (check_task_batches, per_term_gradients, task_split_gradients,
+                                 task_split_losses, write_grads)
+from combiners.layout import Layout
+
+
+def _split_named(shared) -> tuple[list[torch.Tensor], Layout]:
+    """Accept tensors or (name, tensor) pairs; the layout groups named ones by module."""
+    items = list(shared)
+    if not items:
+        raise ValueError("no shared parameters given")
+    params = [it[1] if isinstance(it, tuple) else it for it in items]
+    return params, Layout.from_parameters(items)
+
+
+def _task_lists(task_params, names: Sequence[str]) -> list[list[torch.Tensor]]:
+    """Task-specific parameters per term, in term order (empty list: the term has none)."""
+    if task_params is None:
+        return [[] for _ in names]
+    if isinstance(task_params, Mapping):
+        unknown = set(task_params) - set(names)
+        if unknown:
+            raise ValueError(f"task_params names unknown loss terms {sorted(unknown)}; "
+                             f"terms are {list(names)}")
+        return [list(task_params.get(n, [])) for n in names]
+    lists = [list(ps) for ps in task_params]
+    if len(lists) != len(names):
+        raise ValueError(f"task_params has {len(lists)} entries for {len(names)} terms")
+    return lists
+
+
+def _check_disjoint(shared: Sequence[torch.Tensor], heads: Sequence[Sequence[torch.Tensor]]):
+    seen = {id(p) for p in shared}
+    if len(seen) != len(shared):
+        raise ValueError("a shared parameter is listed twice")
+    for ps in heads:
+        for p in ps:
+            if id(p) in seen:
+                raise ValueError("a parameter is listed as shared and task-specific, or for two "
+                                 "terms; task parameters must belong to exactly one term")
+            seen.add(id(p))
+
+
+def _apply_fixed(combiner: Combiner, w: torch.Tensor, names, L: torch.Tensor,
+                 shared, heads, retain_graph: bool) -> Stats:
+    """Shared: one backward of Σ_k w_k L_k. Heads: their own term's gradient, exactly."""
+    w = w.to(device=L.device, dtype=L.dtype)
+    w_host = w.detach().cpu().tolist()
+    inputs = list(shared)
+    for k, ps in enumerate(heads):
+        if ps and w_host[k] != 1.0:
+            # ∇φ_k (w_k L_k) = w_k ∇φ_k L_k: not the term's own gradient unless w_k = 1, so take
+            # it separately (autograd only walks the head's small subgraph for these inputs).
+            for p, g in zip(ps, torch.autograd.grad(L[k], ps, retain_graph=True,
+                                                    allow_unused=True, materialize_grads=True)):
+                p.grad = g
+        elif ps:
+            inputs += ps
+    used = [k for k in range(len(names)) if w_host[k] != 0.0]
+    if used:
+        total = (w[used] * L[used]).sum()
+        grads = torch.autograd.grad(total, inputs, retain_graph=retain_graph, allow_unused=True,
+                                    materialize_grads=True)
+    else:
+        grads = [torch.zeros_like(p) for p in inputs]
+    for p, g in zip(inputs, grads):
+        p.grad = g
+    return combiner.record_fixed(L.detach(), names)
+
+
+def _write_rows(G_all: torch.Tensor, P: int, heads) -> None:
+    """Row k's head columns (after the P shared ones) into term k's task parameters."""
+    offset = P
+    for k, ps in enumerate(heads):
+        n = sum(p.numel() for p in ps)
+        if n:
+            write_grads(ps, G_all[k, offset:offset + n])
+        offset += n
+
+
+def apply_combined(combiner: Combiner, losses: Mapping[str, torch.Tensor], shared,
+                   task_params: Mapping[str, Sequence[torch.Tensor]] | None = None, *,
+                   strategy: str = "batched", layout: Layout | None = None,
+                   retain_graph: bool = False) -> Stats:
+    """Combine the gradients of named scalar `losses` on `shared` and write every `.grad`.
+
+    `losses` keeps its order: the first term is the main one for main/aux combiners.
+    `shared` is a list of parameters or of `(name, parameter)` pairs (then the default layout
+    groups them by module). `task_params` maps a term name to the parameters only that term
+    trains. `strategy` is "batched" or "sequential" (see `per_term_gradients`).
+    """
+    if not isinstance(losses, Mapping) or not losses:
+        raise ValueError("losses must be a non-empty dict of named scalar loss terms")
+    names = list(losses)
+    shared, auto_layout = _split_named(shared)
+    heads = _task_lists(task_params, names)
+    _check_disjoint(shared, heads)
+    L = torch.stack([losses[n].reshape(()) for n in names])
+    w = combiner.fixed_weights(len(names))
+    if w is not None:
+        return _apply_fixed(combiner, w, names, L, shared, heads, retain_graph)
+    params = shared + [p for ps in heads for p in ps]
+    G_all = per_term_gradients(L, params, strategy=strategy, retain_graph=retain_graph)
+    P = sum(p.numel() for p in shared)
+    layout = auto_layout if layout is None else layout
+    g, stats = combiner.combine(G_all[:, :P], L.detach(), layout, names=names)
+    write_grads(shared, g)
+    _write_rows(G_all, P, heads)
+    return stats
+
+
+def apply_task_split(combiner: Combiner, model: nn.Module, loss_fn: Callable[..., torch.Tensor],
+                     task_batches, shared: Sequence[str],
+                     task_params: Mapping[str, Sequence[str]] | Sequence[Sequence[str]]
+                     | None = None, *, names: Sequence[str] | None = None,
+                     layout: Layout | None = None, randomness: str = "error",
+                     chunk_size: int | None = None) -> Stats:
+    """`apply_combined` for task-split batches: task k's loss `loss_fn(model, *batch_k)` uses
+    only its own slice `task_batches[..][k]`, so G comes from one vmapped pass.
+
+    Parameters are named as in `model.named_parameters()`; `task_params` gives per term (by
+    index, or by name when `names` is given) the names only that task trains.
+    """
+    _, K = check_task_batches(task_batches)
+    names = [f"task{k}" for k in range(K)] if names is None else list(names)
+    if len(names) != K:
+        raise ValueError(f"{len(names)} names for {K} tasks")
+    named = dict(model.named_parameters())
+    head_names = [list(ps) for ps in _task_lists(task_params, names)]
+    unknown = [n for n in list(shared) + sum(head_names, []) if n not in named]
+    if unknown:
+        raise ValueError(f"unknown parameter names {unknown}")
+    shared_items = [(n, named[n]) for n in shared]
+    shared_params, auto_layout = _split_named(shared_items)
+    heads = [[named[n] for n in ps] for ps in head_names]
+    _check_disjoint(shared_params, heads)
+    w = combiner.fixed_weights(K)
+    if w is not None:
+        L = task_split_losses(model, loss_fn, task_batches, randomness=randomness)
+        return _apply_fixed(combiner, w, names, L, shared_params, heads, retain_graph=False)
+    G_all, L = task_split_gradients(model, loss_fn, task_batches,
+                                    list(shared) + [n for ps in head_names for n in ps],
+                                    randomness=randomness, chunk_size=chunk_size)
+    P = sum(p.numel() for p in shared_params)
+    layout = auto_layout if layout is None else layout
+    g, stats = combiner.combine(G_all[:, :P], L, layout, names=names)
+    write_grads(shared_params, g)
+    _write_rows(G_all, P, heads)
+    return stats

@@ -1,0 +1,11 @@
+"""Real Ray on loopback for the integration tests: one local head shared by the module."""
+import pytest
+import ray
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(address="local", num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1",
+             configure_logging=False, log_to_driver=False)
+    yield
+    ray.shutdown()

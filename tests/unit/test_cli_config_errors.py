@@ -1,0 +1,136 @@
+"""`accord train` on a bad config: one `config error:` line naming the field, exit 2, no Ray.
+
+Each case runs the real CLI in a fresh interpreter (a tiny launcher around `accord.cli.main`),
+so "Ray was never imported" is checked on a clean `sys.modules`. All cases start together in a
+module-scoped fixture; each costs well under a second of imports.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from accord.config import load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Re-raises the CLI's exit status after printing which heavy modules got imported.
+LAUNCHER = textwrap.dedent("""
+    import sys
+    from accord.cli import main
+    sys.argv = ["accord", *sys.argv[1:]]
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    print(f"RAY_IMPORTED={'ray' in sys.modules}")
+    print(f"TORCH_IMPORTED={'torch' in sys.modules}")
+    sys.exit(code)
+""")
+
+GYM = "env: {kind: gym, tasks: [CartPole-v1]}\nlearner: {model: mlp}\n"
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    yaml: str | None          # None: no file is written (the path does not exist)
+    sets: tuple[str, ...]     # --set values
+    names: tuple[str, ...]    # substrings the one error line must contain
+
+
+CASES = [
+    Case("unknown_section", "trainer: {lr: 0.1}\n", (), ("trainer", "unknown field")),
+    Case("unknown_field", "learner: {learning_rate: 0.1}\n", (), ("learner.learning_rate", "unknown field")),
+    Case("wrong_type", "learner: {lr: fast}\n", (), ("learner.lr",)),
+    Case("section_not_mapping", "learner: 5\n", (), ("learner",)),
+    Case("zero_actors", "actors: {num_actors: 0}\n", (), ("actors.num_actors",)),
+    Case("negative_lr", "", ("learner.lr=-1e-3",), ("learner.lr",)),
+    Case("sticky_out_of_range", "env: {sticky_actions: 1.5}\n", (), ("env.sticky_actions",)),
+    Case("unknown_model", "learner: {model: transformer}\n", (), ("learner.model", "'nature', 'resnet' or 'mlp'")),
+    Case("empty_tasks", "env: {tasks: []}\n", (), ("env.tasks",)),
+    Case("unknown_atari_game", "env: {tasks: [breakot]}\n", (), ("env.tasks.0", "breakot", "breakout")),
+    Case("unknown_gym_id", GYM, ("env.tasks=[CartPol-v1]",), ("env.tasks.0", "CartPol-v1")),
+    Case("queue_smaller_than_batch", "queue: {capacity: 4}\nlearner: {batch_size: 32}\nenv: {envs_per_actor: 8}\n",
+         (), ("queue.capacity", "deadlock")),
+    Case("mlp_on_atari", "learner: {model: mlp}\n", (), ("learner.model", "mlp")),
+    Case("cnn_on_gym", GYM, ("learner.model=nature",), ("learner.model", "nature")),
+    Case("duplicate_tasks", "env: {tasks: [pong, pong]}\nactors: {num_actors: 2}\n", (), ("env.tasks", "duplicate")),
+    Case("fewer_actors_than_tasks", "env: {tasks: [pong, breakout]}\nactors: {num_actors: 1}\n", (),
+         ("actors.num_actors",)),
+    Case("set_without_equals", "", ("learner.lr",), ("--set", "learner.lr", "KEY=VALUE")),
+    Case("set_invalid_yaml_value", "", ("learner.lr=[1",), ("--set learner.lr", "not valid YAML")),
+    Case("set_into_a_value", "learner: {lr: 0.1}\n", ("learner.lr.x=1",), ("learner.lr.x", "not a section")),
+    Case("missing_file", None, (), ("config", "no such file", "missing.yaml")),
+    Case("yaml_not_a_mapping", "- env\n- learner\n", (), ("config", "mapping")),
+    Case("invalid_yaml", "learner:\n  lr: [1, 2\n", (), ("config", "not valid YAML")),
+]
+
+
+@dataclass
+class Outcome:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _run(case: Case, tmp: Path) -> Outcome:
+    path = tmp / (f"{case.id}.yaml" if case.yaml is not None else "missing.yaml")
+    if case.yaml is not None:
+        path.write_text(case.yaml)
+    argv = ["train", str(path)]
+    for s in case.sets:
+        argv += ["--set", s]
+    proc = subprocess.run([sys.executable, "-c", LAUNCHER, *argv], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    return Outcome(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory) -> dict[str, Outcome]:
+    tmp = tmp_path_factory.mktemp("configs")
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures = {c.id: pool.submit(_run, c, tmp) for c in CASES}
+        return {k: f.result() for k, f in futures.items()}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_config_is_one_line_exit_2_and_no_ray(case, outcomes):
+    out = outcomes[case.id]
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("config error: ")
+    for name in case.names:
+        assert name in lines[0], f"{name!r} not in {lines[0]!r}"
+    assert "RAY_IMPORTED=False" in out.stdout.splitlines()
+    # The heavy imports come after validation; torch would mean the driver was reached.
+    assert "TORCH_IMPORTED=False" in out.stdout.splitlines()
+
+
+def test_smoke_config_loads_and_overrides_apply():
+    base = load_config(REPO / "configs" / "smoke.yaml")
+    assert base.env.tasks == ["breakout"]
+    cfg = load_config(REPO / "configs" / "smoke.yaml", ["learner.lr=3e-4", "env.tasks=[pong]"])
+    assert cfg.learner.lr == 3e-4
+    assert cfg.env.tasks == ["pong"]
+    # Everything not overridden still comes from the file, not from the defaults.
+    assert cfg.learner.batch_size == base.learner.batch_size == 8
+    assert cfg.queue.capacity == 8
+    assert cfg.run.name == "smoke"
+    assert cfg.model_dump(exclude={"learner": {"lr"}, "env": {"tasks"}}) == \
+        base.model_dump(exclude={"learner": {"lr"}, "env": {"tasks"}})
+
+
+def test_later_set_wins_and_values_parse_as_yaml():
+    cfg = load_config(REPO / "configs" / "smoke.yaml",
+                      ["learner.lr=1e-3", "learner.lr=2e-3", "run.progress=true", "actors.num_actors=3"])
+    assert cfg.learner.lr == 2e-3
+    assert cfg.run.progress is True
+    assert cfg.actors.num_actors == 3
