@@ -10,8 +10,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 class Console:
     def __init__(self, enabled: bool = True, total: int | None = None):
-        self.rich = RichConsole(stderr=False)
-        self.live = enabled and sys.stdout.isatty()
+        tty = sys.stdout.isatty()
+        # Off a terminal, lines stay whole so paths and commands can be copied from the log.
+        self.rich = RichConsole(stderr=False, soft_wrap=not tty)
+        self.live = enabled and tty
         self.enabled = enabled
         self._progress = None
         self._task = None
