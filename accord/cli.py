@@ -77,16 +77,17 @@ def evaluate(
 def bench_throughput(
     config: Path = typer.Option(Path("configs/bench.yaml"), help="Experiment config to run the fleet with."),
     seconds: float = typer.Option(30.0, help="Measured seconds per side."),
+    learner: bool = typer.Option(False, "--learner", help="Drain with the real learner (CUDA when present) and compare it with a bare forward+backward."),
     set_: list[str] = typer.Option([], "--set", help="Config overrides."),
 ) -> None:
-    """Raw AtariVectorEnv frames/s vs the actor fleet's frames/s with the learner draining."""
+    """Raw AtariVectorEnv frames/s vs the actor fleet's frames/s with the queue drained."""
     try:
         cfg = load_config(config, set_)
     except ConfigError as exc:
         _fail_config(str(exc))
     from bench.throughput import main as throughput_main
 
-    throughput_main(cfg, seconds)
+    throughput_main(cfg, seconds, use_learner=learner)
 
 
 @bench_app.command("combiners")

@@ -44,6 +44,24 @@ class QueueConfig(_Section):
     backend: Literal["memory"] = Field("memory", description="Where queued unrolls live.")
 
 
+class CombinerConfig(_Section):
+    name: Literal["sum", "pcgrad", "cosine_gate", "olaux"] = Field(
+        "sum", description="How per-task gradients on the shared weights become one (combiners/). "
+                           "cosine_gate and olaux treat the first task as main, the others as auxiliary.")
+    options: dict[str, Any] = Field({}, description="Keyword arguments of the combiner, e.g. {seed: 0} for pcgrad.")
+    strategy: Literal["batched", "sequential"] = Field("batched", description="How the per-task gradients are computed.")
+
+    @model_validator(mode="after")
+    def _buildable(self) -> "CombinerConfig":
+        from combiners import make_combiner
+
+        try:
+            make_combiner(self.name, **self.options)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"options: {exc}") from None
+        return self
+
+
 class LearnerConfig(_Section):
     model: Literal["nature", "resnet", "mlp"] = Field("nature", description="Torso of the actor-critic.")
     per_task_heads: bool = Field(False, description="One policy/value head per task instead of one shared head.")
@@ -66,6 +84,7 @@ class LearnerConfig(_Section):
     bf16: bool = Field(False, description="bf16 autocast for the forward pass on CUDA.")
     max_nonfinite_run: int = Field(20, ge=1, description="Consecutive non-finite losses that stop training.")
     num_threads: int = Field(1, ge=1, description="torch threads of a CPU learner.")
+    combiner: CombinerConfig = Field(CombinerConfig(), description="Gradient combiner across tasks (used when there are several tasks or it is not 'sum').")
 
 
 class RunConfig(_Section):

@@ -149,7 +149,8 @@ def cnn_case(num_aux: int, N: int, frame: int, device: str):
 
 def _interleaved(base: nn.Module, methods: list[tuple[str, Callable]], device: str,
                  repeats: int, warmup: int, block: int) -> dict[str, float]:
-    """Median seconds per update; each sample is `block` updates, methods take turns."""
+    """Median seconds per update; each sample is `block` updates, methods take turns (the
+    first mover rotates, so slow drifts of the machine hit every method alike)."""
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     runs = []
     for name, fn in methods:
@@ -157,7 +158,8 @@ def _interleaved(base: nn.Module, methods: list[tuple[str, Callable]], device: s
         runs.append((name, fn, model, torch.optim.Adam(model.parameters(), lr=1e-4)))
     samples: dict[str, list[float]] = {name: [] for name, *_ in runs}
     for r in range(warmup + repeats):
-        for name, fn, model, opt in runs:
+        shift = r % len(runs)
+        for name, fn, model, opt in runs[shift:] + runs[:shift]:
             sync()
             start = time.perf_counter()
             for _ in range(block):
@@ -227,7 +229,7 @@ def main(device: str = "cpu", repeats: int | None = None, quick: bool = False,
     rows = []
     for K, n, hidden in mtsac:
         base, methods = mtsac_case(K, n, hidden, device)
-        times = _interleaved(base, methods, device, repeats, warmup, block=1)
+        times = _interleaved(base, methods, device, repeats, warmup, block=8 if cuda else 1)
         rows += _rows(f"mtsac critic K={K} ({n}/task)", "mtsac", K, times, device)
     for num_aux, N, frame in cnn:
         base, methods = cnn_case(num_aux, N, frame, device)

@@ -13,6 +13,7 @@ import random
 import numpy as np
 import torch
 
+from combiners import apply_combined, make_combiner
 from learner.impala_loss import impala_loss, total_loss
 from learner.models import build_model
 
@@ -46,6 +47,17 @@ class Learner:
         self.nonfinite_total = 0
         self.nonfinite_run = 0
         self._pin = self.device.type == "cuda"
+        # Several tasks (or a non-sum combiner): one loss per task, gradients combined on the
+        # shared weights; each task's head gets its own gradient untouched.
+        ccfg = self.lcfg.combiner
+        self.combiner = None
+        if self.num_tasks > 1 or ccfg.name != "sum":
+            self.combiner = make_combiner(ccfg.name, **ccfg.options)
+            names = dict((id(p), n) for n, p in self.model.named_parameters())
+            self._shared = [(names[id(p)], p) for p in self.model.shared_parameters()]
+            heads = self.model.task_parameters()
+            self._task_params = ({f"task/{t}": heads[i] for i, t in enumerate(cfg.env.tasks)}
+                                 if heads else None)
 
     # ---------------------------------------------------------------- data
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
@@ -75,12 +87,22 @@ class Learner:
         # After a same-step autoreset the final observation of an ended episode is gone, so a
         # truncation is cut like a termination: no bootstrap across it.
         discounts = self.lcfg.discount * (~episode_end).float()
-        terms = impala_loss(
-            logits[:-1], values[:-1], values[-1], actions, behaviour_logits, rewards, discounts,
-            baseline_coef=self.lcfg.baseline_coef, entropy_coef=self.lcfg.entropy_coef,
-            clip_rho=self.lcfg.clip_rho, clip_pg_rho=self.lcfg.clip_pg_rho, clip_c=self.lcfg.clip_c,
-            reduction=self.lcfg.loss_reduction)
-        loss = total_loss(terms)
+
+        def loss_terms(cols=slice(None)):
+            return impala_loss(
+                logits[:-1, cols], values[:-1, cols], values[-1, cols], actions[:, cols],
+                behaviour_logits[:, cols], rewards[:, cols], discounts[:, cols],
+                baseline_coef=self.lcfg.baseline_coef, entropy_coef=self.lcfg.entropy_coef,
+                clip_rho=self.lcfg.clip_rho, clip_pg_rho=self.lcfg.clip_pg_rho,
+                clip_c=self.lcfg.clip_c, reduction=self.lcfg.loss_reduction)
+
+        if self.combiner is None:
+            terms = loss_terms()
+            task_losses = None
+            loss = total_loss(terms)
+        else:
+            task_losses, terms = self._task_losses(loss_terms, batch["task_id"], logits)
+            loss = torch.stack(list(task_losses.values())).sum()
 
         self.frames += T * B * self.cfg.frames_per_step
         metrics = {f"loss/{k}": float(v.detach()) for k, v in terms.items()}
@@ -97,7 +119,12 @@ class Learner:
 
         self._set_lr()
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if self.combiner is None:
+            loss.backward()
+        else:
+            stats = apply_combined(self.combiner, task_losses, self._shared, self._task_params,
+                                   strategy=self.lcfg.combiner.strategy)
+            metrics.update({f"combiner/{k}": v for k, v in stats.items()})
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.lcfg.max_grad_norm)
         self.optimizer.step()
         self.updates += 1
@@ -107,6 +134,20 @@ class Learner:
             "learner/nonfinite_total": float(self.nonfinite_total),
         })
         return metrics
+
+    def _task_losses(self, loss_terms, task_id: np.ndarray, logits: torch.Tensor):
+        """Loss of each task on its own columns; a task absent from the batch gets a zero loss
+        (a zero gradient row), so the combiner always sees every task in the same order."""
+        losses, metrics = {}, {}
+        for k, name in enumerate(self.cfg.env.tasks):
+            cols = np.flatnonzero(task_id == k)
+            if len(cols) == 0:
+                losses[f"task/{name}"] = logits.sum() * 0.0
+                continue
+            terms = loss_terms(torch.as_tensor(cols, device=self.device))
+            losses[f"task/{name}"] = total_loss(terms)
+            metrics.update({f"{name}/{key}": value for key, value in terms.items()})
+        return losses, metrics
 
     def _set_lr(self) -> None:
         lr = self.lcfg.lr
@@ -124,6 +165,7 @@ class Learner:
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "combiner": self.combiner.state_dict() if self.combiner is not None else {},
             "counters": {"updates": self.updates, "frames": self.frames,
                          "nonfinite_total": self.nonfinite_total, "nonfinite_run": self.nonfinite_run},
             "rng": {
@@ -138,6 +180,8 @@ class Learner:
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.combiner is not None:
+            self.combiner.load_state_dict(state["combiner"])
         for key, value in state["counters"].items():
             setattr(self, key, int(value))
         rng = state["rng"]

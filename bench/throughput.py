@@ -1,0 +1,168 @@
+"""Actor-fleet throughput against the raw environment, measured side by side in one run.
+
+1. raw: one `AtariVectorEnv` with N threads stepping N x M envs with random actions: the most
+   the N cores can give.
+2. fleet: N rollout actors (one CPU each, M envs, CPU policy inference, unrolls through the
+   object store and the queue service) with a consumer that drains the queue as fast as it
+   can and republishes weights, so the actors pay the weight-broadcast cost too.
+   ratio = fleet / raw.
+3. with `--learner`: the real learner instead of the drain (on CUDA when the cluster has a GPU):
+   end-to-end frames/s, and the learner's samples/s divided by a bare forward+backward+step of
+   the same network on the same batch size, timed on the same device in the same run.
+
+    accord bench throughput [--seconds 30] [--learner] [--set actors.num_actors=14]
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import ray
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from accord.driver import start_topology
+from actors.rollout import env_options
+
+WARMUP_SECONDS = 5.0
+
+
+def raw_env_fps(cfg, seconds: float) -> float:
+    """Frames/s of the bare AtariVectorEnv, N threads, N*M envs, random actions."""
+    from ale_py.vector_env import AtariVectorEnv
+
+    n = cfg.actors.num_actors
+    env = AtariVectorEnv(cfg.env.tasks[0], num_envs=n * cfg.env.envs_per_actor, num_threads=n,
+                         repeat_action_probability=cfg.env.sticky_actions, autoreset_mode="SameStep",
+                         full_action_space=cfg.env.full_action_space)
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    actions = lambda: rng.integers(0, env.single_action_space.n, env.num_envs)  # noqa: E731
+    end = time.monotonic() + 1.0
+    while time.monotonic() < end:
+        env.step(actions())
+    steps, start = 0, time.monotonic()
+    while time.monotonic() - start < seconds:
+        env.step(actions())
+        steps += env.num_envs
+    elapsed = time.monotonic() - start
+    env.close()
+    return steps * cfg.frames_per_step / elapsed
+
+
+@ray.remote(num_cpus=0)
+class Drain:
+    """Takes every batch off the queue, fetches its arrays, drops them; republishes weights."""
+
+    def __init__(self, queue, weight_store, weights_ref: list, unrolls_per_batch: int):
+        self.queue, self.weight_store = queue, weight_store
+        self.weights_ref, self.n = weights_ref, unrolls_per_batch
+
+    def run(self, seconds: float, frames_per_step: int) -> int:
+        frames, version, end = 0, 1, time.monotonic() + seconds
+        while time.monotonic() < end:
+            refs = ray.get(self.queue.sample.remote(self.n, 0.5))
+            if refs is None:
+                continue
+            for unroll in ray.get(refs):
+                frames += unroll["actions"].size * frames_per_step
+            ray.get(self.weight_store.publish.remote(version, self.weights_ref))
+            version += 1
+        return frames
+
+
+def fleet_fps(cfg, seconds: float, use_learner: bool) -> dict:
+    topo = start_topology(cfg, f"bench-{time.time_ns()}")
+    try:
+        if use_learner:
+            ray.get(topo.learner.train.remote(10**9, WARMUP_SECONDS))
+            before = ray.get(topo.learner.counters.remote())["frames"]
+            start = time.monotonic()
+            ray.get(topo.learner.train.remote(10**9, seconds))
+            elapsed = time.monotonic() - start
+            counters = ray.get(topo.learner.counters.remote())
+            return {"fps": (counters["frames"] - before) / elapsed,
+                    "device": ray.get(topo.learner.device_name.remote())}
+        weights = ray.get(topo.learner.__ray_call__.remote(lambda self: ray.put(self.learner.weights())))
+        drain = Drain.remote(topo.queue, topo.weight_store, [weights],
+                             -(-cfg.learner.batch_size // cfg.env.envs_per_actor))
+        ray.get(drain.run.remote(WARMUP_SECONDS, cfg.frames_per_step))
+        start = time.monotonic()
+        frames = ray.get(drain.run.remote(seconds, cfg.frames_per_step))
+        return {"fps": frames / (time.monotonic() - start), "device": "-"}
+    finally:
+        topo.stop()
+
+
+@ray.remote
+def bare_update_samples_per_s(cfg, obs_shape, num_actions: int, seconds: float) -> float:
+    """Samples/s of forward + backward + RMSProp step of the learner's network, no V-trace, no data path."""
+    from learner.models import build_model
+    from learner.remote import resolve_device
+
+    device = torch.device(resolve_device(cfg.learner.device))
+    torch.set_num_threads(cfg.learner.num_threads)
+    T, B = cfg.actors.unroll_length, -(-cfg.learner.batch_size // cfg.env.envs_per_actor) * cfg.env.envs_per_actor
+    model = build_model(cfg.learner.model, obs_shape, num_actions).to(device)
+    opt = torch.optim.RMSprop(model.parameters(), lr=1e-4)
+    obs = torch.randint(0, 255, ((T + 1) * B, *obs_shape), dtype=torch.uint8, device=device)
+
+    def step():
+        logits, values = model(obs)
+        (logits.logsumexp(-1).sum() + values.square().sum()).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(3):
+        step()
+    sync()
+    n, start = 0, time.monotonic()
+    while time.monotonic() - start < seconds:
+        step()
+        n += 1
+    sync()
+    return n * T * B / (time.monotonic() - start)
+
+
+def main(cfg, seconds: float = 30.0, use_learner: bool = False) -> list[dict]:
+    if cfg.env.kind != "atari":
+        raise SystemExit("accord bench throughput compares against AtariVectorEnv: use an atari config")
+    console = Console()
+    n, m = cfg.actors.num_actors, cfg.env.envs_per_actor
+    console.print(f"raw AtariVectorEnv: {n} threads x {m} envs each on {cfg.env.tasks[0]} ...")
+    raw = raw_env_fps(cfg, seconds)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(include_dashboard=False, num_cpus=n + 1, configure_logging=False, log_to_driver=False)
+    try:
+        console.print(f"accord fleet: {n} actors x {m} envs, "
+                      f"{'learner' if use_learner else 'drain'} consuming ...")
+        fleet = fleet_fps(cfg, seconds, use_learner)
+        rows = [{"measure": "raw AtariVectorEnv frames/s", "value": raw, "ratio": None},
+                {"measure": f"fleet frames/s ({'learner on ' + fleet['device'] if use_learner else 'drain'})",
+                 "value": fleet["fps"], "ratio": fleet["fps"] / raw}]
+        if use_learner:
+            from envs import describe
+
+            obs_shape, _, num_actions = describe(cfg.env.kind, cfg.env.tasks[0], **env_options(cfg))
+            gpu = 1 if ray.cluster_resources().get("GPU", 0) >= 1 and cfg.learner.device != "cpu" else 0
+            bare = ray.get(bare_update_samples_per_s.options(num_gpus=gpu, num_cpus=1).remote(
+                cfg, obs_shape, num_actions, min(seconds, 15.0)))
+            learner_sps = fleet["fps"] / cfg.frames_per_step
+            rows += [{"measure": "bare fwd+bwd+step samples/s", "value": bare, "ratio": None},
+                     {"measure": "learner samples/s (end to end)", "value": learner_sps,
+                      "ratio": learner_sps / bare}]
+    finally:
+        if started:
+            ray.shutdown()
+    table = Table(title=f"throughput: {n} actors x {m} envs, unroll {cfg.actors.unroll_length}, "
+                        f"batch {cfg.learner.batch_size}, {seconds:.0f} s per side")
+    for col in ("measure", "value", "ratio"):
+        table.add_column(col, justify="left" if col == "measure" else "right")
+    for row in rows:
+        table.add_row(row["measure"], f"{row['value']:,.0f}",
+                      "" if row["ratio"] is None else f"{row['ratio']:.2f}")
+    console.print(table)
+    return rows
