@@ -35,10 +35,15 @@ class Console:
             self.log(f"frames {completed:,} | {summary}")
 
     def log(self, message: str) -> None:
-        if self._progress is not None:
-            self._progress.console.log(message)
-        else:
-            self.rich.print(message, highlight=False)
+        try:
+            if self._progress is not None:
+                self._progress.console.log(message)
+            else:
+                self.rich.print(message, highlight=False)
+        except OSError:
+            # A closed stdout (`accord train | tee` after Ctrl-C) must not cost the checkpoint;
+            # the run directory keeps every metric anyway.
+            self.enabled, self._progress = False, None
 
     def close(self) -> None:
         if self._progress is not None:
