@@ -120,6 +120,11 @@ class ExperimentConfig(_Section):
             raise ValueError("learner.model: 'mlp' cannot read Atari frames; use 'nature' or 'resnet'")
         if self.env.kind == "gym" and self.learner.model != "mlp":
             raise ValueError(f"learner.model: {self.learner.model!r} expects 84x84 frames; use 'mlp' for gym vector observations")
+        combiner = self.learner.combiner
+        if combiner.name == "olaux" and combiner.options.get("log_losses", True):
+            # OL-AUX's adaptive loss balancing takes log L_aux; a V-trace task loss can be negative.
+            raise ValueError("learner.combiner.options: olaux over task losses needs log_losses: false "
+                             "(V-trace losses can be negative, log L is undefined)")
         if len(set(self.env.tasks)) != len(self.env.tasks):
             raise ValueError(f"env.tasks: duplicate entries in {self.env.tasks}")
         if self.actors.num_actors < len(self.env.tasks):

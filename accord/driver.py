@@ -127,14 +127,14 @@ def start_topology(cfg: ExperimentConfig, run_id: str, checkpoint: str | None = 
 
 def _train(cfg: ExperimentConfig, run_dir: Path, resume: bool, console: Console,
            stop: StopRequest) -> RunResult:
-    checkpoint = None
+    checkpoint, corrupt = None, 0
     if resume:
         restored = load_latest(run_dir)
         for path, error in restored.corrupt:
             console.log(f"[yellow]skipped corrupt checkpoint {path.name}: {error}")
         if restored.path is None:
             raise RuntimeError(f"--resume: no loadable checkpoint under {run_dir}/checkpoints")
-        checkpoint = str(restored.path)
+        checkpoint, corrupt = str(restored.path), len(restored.corrupt)
         console.log(f"resuming from {restored.path.name}")
     topo = start_topology(cfg, run_dir.name, checkpoint)
     sink = MetricsSink(run_dir)
@@ -143,7 +143,7 @@ def _train(cfg: ExperimentConfig, run_dir: Path, resume: bool, console: Console,
     console.log(f"run directory {run_dir}; learner on {device}; {cfg.actors.num_actors} actors "
                 f"x {cfg.env.envs_per_actor} envs on {', '.join(cfg.env.tasks)}")
     loop = TrainingLoop(cfg, run_dir, topo.learner, topo.queue, topo.actors, sink, episodes,
-                        console, stop)
+                        console, stop, static_metrics={"checkpoints/corrupt_skipped": corrupt})
     try:
         return loop.run()
     finally:

@@ -63,12 +63,14 @@ class ActorHealth:
 
 
 class TrainingLoop:
-    def __init__(self, cfg, run_dir, learner, queue, actors, sink, episodes, console, stop):
+    def __init__(self, cfg, run_dir, learner, queue, actors, sink, episodes, console, stop,
+                 static_metrics: dict | None = None):
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.learner, self.queue = learner, queue
         self.sink, self.episodes, self.console = sink, episodes, console
         self.health = ActorHealth(actors)
         self.stop = stop  # .signal_name is set once SIGINT/SIGTERM arrives
+        self.static_metrics = static_metrics or {}  # facts of the start, repeated in every row
 
     def run(self) -> RunResult:
         cfg = self.cfg
@@ -140,6 +142,7 @@ class TrainingLoop:
         queue_stats = ray.get(self.queue.stats.remote())
         row = {
             **chunk_metrics, **queue_stats, **self.health.metrics(), **self.episodes.metrics(),
+            **self.static_metrics,
             "frames": counters["frames"], "updates": counters["updates"],
             "fps": frames / seconds, "updates_per_s": updates / seconds,
             "actors/env_steps": self.health.steps,

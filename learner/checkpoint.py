@@ -56,11 +56,15 @@ class Restored:
 
 
 def load_latest(run_dir: str | Path, map_location="cpu") -> Restored:
-    """The newest checkpoint that loads; corrupt ones are listed with their error."""
+    """The newest checkpoint that loads; corrupt ones are listed with their error and renamed
+    to `*.corrupt`, kept for inspection but out of the rotation (they would otherwise stay the
+    "newest" and push good checkpoints out of the last `keep`)."""
     corrupt = []
     for path in reversed(list_checkpoints(run_dir)):
         try:
             return Restored(load_checkpoint(path, map_location), path, corrupt)
         except Exception as exc:  # truncated file, bad zip, refused pickle: try the older one
-            corrupt.append((path, f"{type(exc).__name__}: {exc}".splitlines()[0][:200]))
+            quarantined = path.with_name(path.name + ".corrupt")
+            os.replace(path, quarantined)
+            corrupt.append((quarantined, f"{type(exc).__name__}: {exc}".splitlines()[0][:200]))
     return Restored(None, None, corrupt)

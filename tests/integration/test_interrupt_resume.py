@@ -58,15 +58,20 @@ def test_ctrl_c_checkpoints_and_resume_continues(tmp_path):
     stopped_at = _updates(first)
     assert stopped_at >= 3
 
+    # A newer checkpoint that is garbage (a crash mid-copy, a bad disk) is skipped and counted.
+    (run_dir / "checkpoints" / "ckpt_999999999.pt").write_bytes(b"not a checkpoint")
     frames_at_stop = float(_rows(run_dir)[-1]["frames"])
     resumed = subprocess.run(
         [ACCORD, "train", "--resume", str(run_dir), "--set", f"run.total_frames={int(frames_at_stop) + 3200}"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
     assert f"resuming from {first.name}" in resumed.stdout
+    assert "skipped corrupt checkpoint ckpt_999999999.pt.corrupt" in resumed.stdout
+    assert (run_dir / "checkpoints" / "ckpt_999999999.pt.corrupt").exists()
     last = sorted((run_dir / "checkpoints").glob("ckpt_*.pt"))[-1]
     assert _updates(last) > stopped_at
     rows = _rows(run_dir)
     # One history: the resumed run appended to the same metrics file, counters kept growing.
     assert float(rows[-1]["frames"]) >= frames_at_stop + 3200
     assert float(rows[-1]["updates"]) > stopped_at
+    assert float(rows[-1]["checkpoints/corrupt_skipped"]) == 1

@@ -85,7 +85,11 @@ def test_load_latest_skips_a_corrupt_newest_file(tmp_path):
     restored = load_latest(tmp_path)
     assert restored.path == older
     assert restored.state["counters"]["updates"] == 1
-    assert [p for p, _ in restored.corrupt] == [newest]
+    # Quarantined, not deleted: kept for inspection, out of the rotation.
+    quarantined = newest.with_name(newest.name + ".corrupt")
+    assert [p for p, _ in restored.corrupt] == [quarantined]
+    assert quarantined.exists() and not newest.exists()
+    assert list_checkpoints(tmp_path) == [older]
     reason = restored.corrupt[0][1]
     assert reason and "\n" not in reason and len(reason) <= 200
 
@@ -95,7 +99,8 @@ def test_load_latest_skips_a_truncated_file(tmp_path):
     newest = save_checkpoint(tmp_path, state(2), step=2)
     newest.write_bytes(newest.read_bytes()[:100])
     restored = load_latest(tmp_path)
-    assert restored.path == older and [p for p, _ in restored.corrupt] == [newest]
+    assert restored.path == older
+    assert [p for p, _ in restored.corrupt] == [newest.with_name(newest.name + ".corrupt")]
 
 
 def test_load_latest_with_nothing_loadable(tmp_path):
@@ -104,7 +109,7 @@ def test_load_latest_with_nothing_loadable(tmp_path):
     bad.write_bytes(b"junk")
     restored = load_latest(tmp_path)
     assert restored.state is None and restored.path is None
-    assert [p for p, _ in restored.corrupt] == [bad]
+    assert [p for p, _ in restored.corrupt] == [bad.with_name(bad.name + ".corrupt")]
 
 
 def test_a_pickled_object_is_refused(tmp_path):
