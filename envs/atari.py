@@ -133,16 +133,6 @@ class AtariVecEnv(TrackedVecEnv):
         obs, rewards, terminated, truncated, _ = self._env.step(actions)
         return obs, rewards, terminated, truncated
 
-    def _training_reward(self, raw: np.ndarray) -> np.ndarray:
-        rewards = raw.astype(np.float32)
-        return np.clip(rewards, -1.0, 1.0, out=rewards) if self.clip_rewards else rewards
-
-    def _close_raw(self) -> None:
-        # AtariVectorEnv has no explicit shutdown; dropping the last reference stops its threads.
-        if self._env is not None:
-            self._env.close()
-            self._env = None
-
 
 def make_vec_env(task_name: str, task_id: int, num_envs: int, seed: int, **options) -> AtariVecEnv:
     return AtariVecEnv(task_name, task_id, num_envs, seed, **options)

@@ -56,8 +56,8 @@ class VecEnv(Protocol):
 class TrackedVecEnv:
     """Episode bookkeeping and error recovery around an underlying vector env.
 
-    Subclasses set the spaces and implement ``_create`` / ``_reset_all`` / ``_step_raw`` /
-    ``_close_raw``, and may override ``_training_reward``.
+    Subclasses set the spaces, keep their underlying env in ``self._env`` and implement
+    ``_create`` / ``_reset_all`` / ``_step_raw``.
 
     Error recovery: if the underlying env raises inside ``step``, the whole underlying vector
     env is closed and rebuilt (one broken copy can leave shared state such as ALE's thread pool
@@ -104,10 +104,17 @@ class TrackedVecEnv:
         raise NotImplementedError
 
     def _close_raw(self) -> None:
-        raise NotImplementedError
+        """Close the underlying env held in ``self._env`` (if any)."""
+        if getattr(self, "_env", None) is not None:
+            self._env.close()
+            self._env = None
 
     def _training_reward(self, raw: np.ndarray) -> np.ndarray:
-        return raw.astype(np.float32)
+        """float32 rewards, sign-clipped to [-1, 1] when the subclass sets ``clip_rewards``."""
+        rewards = raw.astype(np.float32)
+        if getattr(self, "clip_rewards", False):
+            np.clip(rewards, -1.0, 1.0, out=rewards)
+        return rewards
 
     # --- the VecEnv contract ------------------------------------------------------------------
     def reset(self, seed: int | None = None) -> np.ndarray:

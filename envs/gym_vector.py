@@ -115,15 +115,6 @@ class GymVecEnv(TrackedVecEnv):
             np.asarray(truncated, dtype=bool),
         )
 
-    def _training_reward(self, raw: np.ndarray) -> np.ndarray:
-        rewards = raw.astype(np.float32)
-        return np.clip(rewards, -1.0, 1.0, out=rewards) if self.clip_rewards else rewards
-
-    def _close_raw(self) -> None:
-        if self._env is not None:
-            self._env.close()
-            self._env = None
-
 
 def make_vec_env(task_name: str, task_id: int, num_envs: int, seed: int, **options) -> GymVecEnv:
     return GymVecEnv(task_name, task_id, num_envs, seed, **options)
