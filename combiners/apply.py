@@ -96,8 +96,8 @@ def _write_rows(G_all: torch.Tensor, P: int, heads) -> None:
     offset = P
     for k, ps in enumerate(heads):
         n = sum(p.numel() for p in ps)
-        if n:
-            write_grads(ps, G_all[k, offset:offset + n])
+        if n:   # a copy, so the .grad views do not keep the whole [K, P] matrix alive
+            write_grads(ps, G_all[k, offset:offset + n].clone())
         offset += n
 
 

@@ -42,7 +42,8 @@ class LearnerActor:
         return self.device
 
     def load(self, path: str) -> dict:
-        self.learner.load_state_dict(load_checkpoint(path, map_location=self.device))
+        # On the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest.
+        self.learner.load_state_dict(load_checkpoint(path, map_location="cpu"))
         return self.counters()
 
     def save(self, run_dir: str, keep: int) -> str:
