@@ -5,7 +5,8 @@
 2. fleet: N rollout actors (one CPU each, M envs, CPU policy inference, unrolls through the
    object store and the queue service) with a consumer that drains the queue as fast as it
    can and republishes weights, so the actors pay the weight-broadcast cost too.
-   ratio = fleet / raw.
+   ratio = fleet / raw. A third row times one env step and one policy forward on one core:
+   an actor pays both on its CPU, so env / (env + policy) is the ceiling of that ratio.
 3. with `--learner`: the real learner instead of the drain (on CUDA when the cluster has a GPU):
    end-to-end frames/s, and the learner's samples/s divided by a bare forward+backward+step of
    the same network on the same batch size, timed on the same device in the same run.
@@ -49,6 +50,31 @@ def raw_env_fps(cfg, seconds: float) -> float:
     elapsed = time.monotonic() - start
     env.close()
     return steps * cfg.frames_per_step / elapsed
+
+
+def actor_step_costs(cfg, repeats: int = 50) -> tuple[float, float]:
+    """Seconds per batch of M envs on one core: (env step, policy forward). A rollout actor
+    pays both on its one CPU, so env / (env + policy) bounds the fleet/raw ratio."""
+    from actors.rollout import RolloutWorker
+    from envs import describe
+
+    torch.set_num_threads(1)
+    obs_shape, _, num_actions = describe(cfg.env.kind, cfg.env.tasks[0], **env_options(cfg))
+    worker = RolloutWorker(cfg, 0, obs_shape, num_actions)
+    actions = np.zeros(worker.env.num_envs, dtype=np.int64)
+    obs, task = torch.from_numpy(worker.obs), torch.zeros(worker.env.num_envs, dtype=torch.int64)
+    with torch.inference_mode():
+        worker.model(obs, task)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            worker.model(obs, task)
+        policy = (time.perf_counter() - start) / repeats
+    start = time.perf_counter()
+    for _ in range(repeats):
+        worker.env.step(actions)
+    env = (time.perf_counter() - start) / repeats
+    worker.close()
+    return env, policy
 
 
 @ray.remote(num_cpus=0)
@@ -140,7 +166,11 @@ def main(cfg, seconds: float = 30.0, use_learner: bool = False) -> list[dict]:
         console.print(f"accord fleet: {n} actors x {m} envs, "
                       f"{'learner' if use_learner else 'drain'} consuming ...")
         fleet = fleet_fps(cfg, seconds, use_learner)
+        env_s, policy_s = actor_step_costs(cfg)
         rows = [{"measure": "raw AtariVectorEnv frames/s", "value": raw, "ratio": None},
+                {"measure": f"one core, ms per {m}-env step: env / policy forward",
+                 "value": None, "text": f"{env_s * 1e3:.2f} / {policy_s * 1e3:.2f}",
+                 "ratio": env_s / (env_s + policy_s), "note": "ceiling env/(env+policy)"},
                 {"measure": f"fleet frames/s ({'learner on ' + fleet['device'] if use_learner else 'drain'})",
                  "value": fleet["fps"], "ratio": fleet["fps"] / raw}]
         if use_learner:
@@ -162,7 +192,7 @@ def main(cfg, seconds: float = 30.0, use_learner: bool = False) -> list[dict]:
     for col in ("measure", "value", "ratio"):
         table.add_column(col, justify="left" if col == "measure" else "right")
     for row in rows:
-        table.add_row(row["measure"], f"{row['value']:,.0f}",
-                      "" if row["ratio"] is None else f"{row['ratio']:.2f}")
+        value = row.get("text") or f"{row['value']:,.0f}"
+        table.add_row(row["measure"], value, "" if row["ratio"] is None else f"{row['ratio']:.2f}")
     console.print(table)
     return rows
