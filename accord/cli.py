@@ -48,6 +48,10 @@ def train(
     except ConfigError as exc:
         _fail_config(str(exc))
 
+    if resume is not None and not list((resume / "checkpoints").glob("ckpt_*.pt")):
+        typer.echo(f"error: --resume: {resume} has no checkpoints to continue from", err=True)
+        raise typer.Exit(1)
+
     from accord.driver import new_run_dir, train as run_training  # heavy imports after validation
 
     run_dir = resume if resume is not None else new_run_dir(cfg)

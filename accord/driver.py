@@ -71,6 +71,8 @@ class StopRequest:
 def train(cfg: ExperimentConfig, run_dir: Path, *, address: str | None = None,
           resume: bool = False, console: Console | None = None) -> RunResult:
     console = console or Console(enabled=cfg.run.progress)
+    # Absolute: the learner actor writes checkpoints from its own working directory.
+    run_dir = Path(run_dir).resolve()
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     started_ray = init_ray(address, cfg.actors.num_actors)
     stop = StopRequest()
@@ -105,6 +107,9 @@ def start_topology(cfg: ExperimentConfig, run_id: str, checkpoint: str | None = 
     """Create every role on the connected Ray cluster; load `checkpoint` into the learner first."""
     obs_shape, _, num_actions = describe(cfg.env.kind, cfg.env.tasks[0], **env_options(cfg))
     has_gpu = ray.cluster_resources().get("GPU", 0) >= 1 and cfg.learner.device != "cpu"
+    if cfg.learner.device == "cuda" and not has_gpu:
+        raise RuntimeError("learner.device is 'cuda' but the Ray cluster has no GPU; "
+                           "use device: auto or cpu")
     cpus = ray.cluster_resources().get("CPU", 0)
     if cpus < cfg.actors.num_actors + 1:
         warnings.warn(f"the cluster has {cpus:.0f} CPUs for {cfg.actors.num_actors} rollout actors "

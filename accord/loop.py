@@ -11,6 +11,7 @@ import ray
 from learner.learner import NonFiniteLossError
 
 EXIT_OK, EXIT_FAILED, EXIT_DIVERGED = 0, 1, 3
+FLEET_DEAD_SECONDS = 60.0
 
 
 @dataclass
@@ -24,42 +25,46 @@ class RunResult:
 
 
 class ActorHealth:
-    """Counts rollout-actor restarts (a new incarnation id) and actors that stopped answering."""
+    """Counts rollout-actor restarts (a new incarnation id), actors that stopped answering, and
+    the env steps and env errors of every incarnation (a restart starts its counters at 0)."""
 
     def __init__(self, actors):
         self.actors = actors
         self.incarnations: dict[int, str] = {}
         self.restarts = 0
         self.unreachable = 0
-        self.env_errors = 0
-        self.steps = 0
-        self.errors: list[str] = []
+        # (actor, incarnation) -> latest counters, so totals survive restarts.
+        self._counters: dict[tuple[int, str], tuple[int, int]] = {}
 
     def poll(self, timeout: float = 2.0) -> None:
         refs = {a.stats.remote(): i for i, a in enumerate(self.actors)}
         ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
         self.unreachable = len(refs) - len(ready)
-        steps = env_errors = 0
         for ref in ready:
             i = refs[ref]
             try:
                 stats = ray.get(ref)
-            except ray.exceptions.RayActorError:
+            except ray.exceptions.RayActorError:  # dead for good: restarts used up
                 self.unreachable += 1
                 continue
             known = self.incarnations.get(i)
             if known is not None and known != stats["incarnation"]:
                 self.restarts += 1
             self.incarnations[i] = stats["incarnation"]
-            steps += stats["steps"]
-            env_errors += stats["env_errors"]
-            if stats["error"] and stats["error"] not in self.errors:
-                self.errors.append(stats["error"])
-        self.steps, self.env_errors = max(self.steps, steps), env_errors
+            self._counters[(i, stats["incarnation"])] = (stats["steps"], stats["env_errors"])
+
+    @property
+    def steps(self) -> int:
+        return sum(steps for steps, _ in self._counters.values())
+
+    @property
+    def all_unreachable(self) -> bool:
+        return self.unreachable == len(self.actors)
 
     def metrics(self) -> dict[str, float]:
         return {"actors/restarts": self.restarts, "actors/unreachable": self.unreachable,
-                "actors/env_errors": self.env_errors}
+                "actors/env_errors": sum(errors for _, errors in self._counters.values()),
+                "actors/env_steps": self.steps}
 
 
 class TrainingLoop:
@@ -71,6 +76,7 @@ class TrainingLoop:
         self.health = ActorHealth(actors)
         self.stop = stop  # .signal_name is set once SIGINT/SIGTERM arrives
         self.static_metrics = static_metrics or {}  # facts of the start, repeated in every row
+        self._silent_since: float | None = None  # when every actor stopped answering
 
     def run(self) -> RunResult:
         cfg = self.cfg
@@ -88,6 +94,10 @@ class TrainingLoop:
                     break
                 if cfg.run.max_seconds and time.monotonic() - start >= cfg.run.max_seconds:
                     reason = "time limit"
+                    break
+                if self._fleet_dead():
+                    reason, code = (f"no rollout actor has answered for {FLEET_DEAD_SECONDS:.0f} s "
+                                    f"(restarts used up? see the actor tracebacks above)"), EXIT_FAILED
                     break
                 chunk = ray.get(self.learner.train.remote(
                     max_updates=cfg.run.checkpoint_every, max_seconds=min(1.0, cfg.run.log_every)))
@@ -109,14 +119,15 @@ class TrainingLoop:
                 raise
             reason, code = f"diverged: {str(exc.cause)}", EXIT_DIVERGED
         # Further signals would abort the checkpoint that makes the stop resumable.
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             path = self._checkpoint()
             counters = ray.get(self.learner.counters.remote())
             self._log(counters, chunk_metrics, max(time.monotonic() - last_log, 1e-9),
                       counters["frames"] - last_frames, counters["updates"] - last_updates)
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         self.console.close()
         returns = {n: self.episodes.mean_return(n) for n in cfg.env.tasks}
         self.console.log(f"{reason}: {counters['updates']} updates, {counters['frames']:,} frames; "
@@ -124,6 +135,16 @@ class TrainingLoop:
         if reason.startswith("interrupted"):
             self.console.log(f"resume with: accord train --resume {self.run_dir}")
         return RunResult(self.run_dir, code, reason, counters, returns, path)
+
+    def _fleet_dead(self) -> bool:
+        """True once every actor has been unreachable for FLEET_DEAD_SECONDS (checked at log
+        ticks); a restarting actor answers again within seconds."""
+        if not self.health.all_unreachable:
+            self._silent_since = None
+            return False
+        now = time.monotonic()
+        self._silent_since = self._silent_since or now
+        return now - self._silent_since >= FLEET_DEAD_SECONDS
 
     def _reached_stop_return(self) -> bool:
         target = self.cfg.run.stop_return
@@ -145,7 +166,6 @@ class TrainingLoop:
             **self.static_metrics,
             "frames": counters["frames"], "updates": counters["updates"],
             "fps": frames / seconds, "updates_per_s": updates / seconds,
-            "actors/env_steps": self.health.steps,
         }
         self.sink.write(counters["frames"], row)
         returns = {n: self.episodes.mean_return(n) for n in self.cfg.env.tasks}
@@ -153,9 +173,6 @@ class TrainingLoop:
             f"{row['fps']:,.0f} fps | {row['updates_per_s']:.1f} upd/s | queue "
             f"{queue_stats['queue/depth']:.0f}/{queue_stats['queue/capacity']:.0f} | lag "
             f"{chunk_metrics.get('learner/lag_mean', 0):.1f} | return {_fmt_returns(returns)}"))
-        for error in self.health.errors:
-            self.console.log(f"[red]rollout actor error:[/red] {error.strip().splitlines()[-1]}")
-        self.health.errors.clear()
 
 
 def _fmt_returns(returns: dict) -> str:

@@ -33,9 +33,10 @@ class RolloutActor:
         self.weight_store = ray.get_actor(weight_store_name)
         # A fresh id per incarnation lets the driver count restarts.
         self.incarnation = uuid.uuid4().hex
-        self.worker = RolloutWorker(cfg, actor_index, obs_shape, num_actions)
+        restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        reseed = int.from_bytes(os.urandom(4), "little") if restarted else 0
+        self.worker = RolloutWorker(cfg, actor_index, obs_shape, num_actions, reseed)
         self.unrolls = 0
-        self.error: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="rollout")
         self._thread.start()
@@ -68,10 +69,11 @@ class RolloutActor:
                         self.worker.set_weights(version, ray.get(wref))
                 pending_version = self.weight_store.latest.remote(self.worker.version)
         except Exception:
-            # A broken loop must not leave an idle actor behind: report, then exit so that Ray
-            # restarts this actor (the driver counts the new incarnation).
-            self.error = traceback.format_exc()
-            print(f"rollout actor {self.worker.actor_index} failed:\n{self.error}", file=sys.stderr, flush=True)
+            # A broken loop must not leave an idle actor behind: print the traceback (it reaches
+            # the driver's log), then exit so that Ray restarts this actor; the driver counts
+            # the new incarnation, and stops the run if no actor is left.
+            print(f"rollout actor {self.worker.actor_index} failed:\n{traceback.format_exc()}",
+                  file=sys.stderr, flush=True)
             os._exit(1)
 
     def _wait(self, ref) -> bool:
@@ -85,8 +87,7 @@ class RolloutActor:
     def stats(self) -> dict:
         return {"unrolls": self.unrolls, "steps": self.worker.steps, "version": self.worker.version,
                 "task_id": self.worker.task_id, "incarnation": self.incarnation,
-                "env_errors": self.worker.env_errors, "alive": self._thread.is_alive(),
-                "error": self.error}
+                "env_errors": self.worker.env_errors, "alive": self._thread.is_alive()}
 
     def stop(self) -> None:
         self._stop.set()

@@ -24,13 +24,14 @@ from learner.models import build_model
 
 
 class RolloutWorker:
-    def __init__(self, cfg, actor_index: int, obs_shape, num_actions: int):
+    def __init__(self, cfg, actor_index: int, obs_shape, num_actions: int, reseed: int = 0):
         self.cfg = cfg
         self.actor_index = actor_index
         tasks = cfg.env.tasks
         self.task_id = actor_index % len(tasks)
         self.task_name = tasks[self.task_id]
-        seed = cfg.run.seed * 100_003 + actor_index
+        # `reseed` differs for a restarted actor, so it does not replay its first episodes.
+        seed = (cfg.run.seed * 100_003 + actor_index + reseed * 7_919) % 2**31
         self.env = make_vec_env(
             cfg.env.kind, self.task_name, self.task_id, cfg.env.envs_per_actor, seed,
             **env_options(cfg))

@@ -84,17 +84,18 @@ class Drain:
     def __init__(self, queue, weight_store, weights_ref: list, unrolls_per_batch: int):
         self.queue, self.weight_store = queue, weight_store
         self.weights_ref, self.n = weights_ref, unrolls_per_batch
+        self.version = 0  # kept across runs: actors only fetch versions newer than theirs
 
     def run(self, seconds: float, frames_per_step: int) -> int:
-        frames, version, end = 0, 1, time.monotonic() + seconds
+        frames, end = 0, time.monotonic() + seconds
         while time.monotonic() < end:
             refs = ray.get(self.queue.sample.remote(self.n, 0.5))
             if refs is None:
                 continue
             for unroll in ray.get(refs):
                 frames += unroll["actions"].size * frames_per_step
-            ray.get(self.weight_store.publish.remote(version, self.weights_ref))
-            version += 1
+            self.version += 1
+            ray.get(self.weight_store.publish.remote(self.version, self.weights_ref))
         return frames
 
 

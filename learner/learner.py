@@ -107,15 +107,7 @@ class Learner:
         self.frames += T * B * self.cfg.frames_per_step
         metrics = {f"loss/{k}": float(v.detach()) for k, v in terms.items()}
         if not torch.isfinite(loss):
-            # Skip the step, keep the weights; a run of these means the run has diverged.
-            self.nonfinite_total += 1
-            self.nonfinite_run += 1
-            if self.nonfinite_run >= self.lcfg.max_nonfinite_run:
-                raise NonFiniteLossError(
-                    f"{self.nonfinite_run} consecutive non-finite losses (last {float(loss.detach())}); "
-                    f"stopping. Lower learner.lr or check the rewards.")
-            return {**metrics, "learner/nonfinite_total": float(self.nonfinite_total)}
-        self.nonfinite_run = 0
+            return self._skip_nonfinite(metrics, f"loss {float(loss.detach())}")
 
         self._set_lr()
         self.optimizer.zero_grad(set_to_none=True)
@@ -126,14 +118,29 @@ class Learner:
                                    strategy=self.lcfg.combiner.strategy)
             metrics.update({f"combiner/{k}": v for k, v in stats.items()})
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.lcfg.max_grad_norm)
+        if not torch.isfinite(grad_norm):
+            # A finite loss can still overflow in backward; stepping would poison every weight.
+            self.optimizer.zero_grad(set_to_none=True)
+            return self._skip_nonfinite(metrics, f"gradient norm {float(grad_norm)}")
         self.optimizer.step()
         self.updates += 1
+        self.nonfinite_run = 0
         metrics.update({
             "loss/total": float(loss.detach()), "learner/grad_norm": float(grad_norm),
             "learner/lr": self.optimizer.param_groups[0]["lr"],
             "learner/nonfinite_total": float(self.nonfinite_total),
         })
         return metrics
+
+    def _skip_nonfinite(self, metrics: dict, what: str) -> dict:
+        """Skip the step, keep the weights; a run of these means the run has diverged."""
+        self.nonfinite_total += 1
+        self.nonfinite_run += 1
+        if self.nonfinite_run >= self.lcfg.max_nonfinite_run:
+            raise NonFiniteLossError(
+                f"{self.nonfinite_run} consecutive non-finite updates (last: {what}); "
+                f"stopping. Lower learner.lr or check the rewards.")
+        return {**metrics, "learner/nonfinite_total": float(self.nonfinite_total)}
 
     def _task_losses(self, loss_terms, task_id: np.ndarray, logits: torch.Tensor):
         """Loss of each task on its own columns; a task absent from the batch gets a zero loss

@@ -76,6 +76,7 @@ class LearnerActor:
         """Run up to `max_updates` updates or `max_seconds`; returns the chunk's metrics."""
         start = time.monotonic()
         sums: dict[str, float] = defaultdict(float)
+        counts: dict[str, int] = defaultdict(int)  # a skipped update reports fewer keys
         episodes, lags = [], []
         waited, done = 0.0, 0
         while done < max_updates and time.monotonic() - start < max_seconds:
@@ -92,16 +93,19 @@ class LearnerActor:
             if not unrolls:
                 continue
             batch = collate(unrolls)
+            # Lag: updates since the behaviour weights, as of the weights this update starts from.
+            lags.extend(self.learner.updates - batch["versions"])
             metrics = self.learner.update(batch)
             for key, value in metrics.items():
                 sums[key] += value
-            lags.extend(self.learner.updates - batch["versions"])
+                counts[key] += 1
             episodes.extend(batch["episodes"].tolist())
             done += 1
             if self.learner.updates % self.cfg.learner.publish_every == 0:
                 self.publish()
         elapsed = time.monotonic() - start
-        out = {k: v / max(done, 1) for k, v in sums.items()}
+        out = {k: v / counts[k] for k, v in sums.items()}
+        out["learner/nonfinite_total"] = float(self.learner.nonfinite_total)  # a counter, not a mean
         out.update({
             "learner/updates_in_chunk": float(done), "learner/seconds": elapsed,
             "learner/wait_fraction": waited / max(elapsed, 1e-9),

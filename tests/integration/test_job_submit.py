@@ -24,14 +24,17 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def ray_head(tmp_path):
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("head-home")
     token = secrets.token_hex(32)
     # Ray's socket paths must stay short, so its temp dir is not tmp_path.
     temp_dir = tempfile.mkdtemp(prefix="rayh-", dir="/tmp")
     port, dashboard_port = _free_port(), _free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
-           "PATH": f"{BIN}:{os.environ['PATH']}", "HOME": str(tmp_path)}
+           "PATH": f"{BIN}:{os.environ['PATH']}", "HOME": str(tmp_path),
+           # as deploy/cluster.yaml does: time for the checkpoint between SIGTERM and SIGKILL
+           "RAY_JOB_STOP_WAIT_TIME_S": "60"}
     env.pop("RAY_ADDRESS", None)
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
@@ -63,22 +66,34 @@ def _client(address: str, token: str):
             time.sleep(1)
 
 
+def _submit(client, runs: Path, *overrides: str) -> str:
+    sets = " ".join(f"--set {o}" for o in overrides)
+    return client.submit_job(
+        entrypoint=f"accord train configs/smoke.yaml --set run.root={runs} {sets}",
+        runtime_env={"working_dir": str(REPO), "excludes": [".venv", "runs", ".git", ".hypothesis"]},
+    )
+
+
+def _wait_done(client, job_id: str, timeout: float = 300):
+    from ray.job_submission import JobStatus
+
+    deadline = time.monotonic() + timeout
+    status = client.get_job_status(job_id)
+    while status not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+        assert time.monotonic() < deadline, f"job did not finish in {timeout} s"
+        time.sleep(2)
+        status = client.get_job_status(job_id)
+    return status
+
+
 def test_smoke_job_submitted_through_ray_jobs_api_succeeds(ray_head, tmp_path):
     from ray.job_submission import JobStatus
 
     address, token = ray_head
     client = _client(address, token)
     runs = tmp_path / "runs"
-    job_id = client.submit_job(
-        entrypoint=f"accord train configs/smoke.yaml --set run.root={runs}",
-        runtime_env={"working_dir": str(REPO), "excludes": [".venv", "runs", ".git", ".hypothesis"]},
-    )
-    deadline = time.monotonic() + 300
-    status = client.get_job_status(job_id)
-    while status not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
-        assert time.monotonic() < deadline, "job did not finish in 300 s"
-        time.sleep(2)
-        status = client.get_job_status(job_id)
+    job_id = _submit(client, runs)
+    status = _wait_done(client, job_id)
     logs = client.get_job_logs(job_id)
     assert status == JobStatus.SUCCEEDED, logs[-3000:]
     (run_dir,) = runs.iterdir()
@@ -86,3 +101,29 @@ def test_smoke_job_submitted_through_ray_jobs_api_succeeds(ray_head, tmp_path):
     assert (run_dir / "metrics.csv").read_text().count("\n") >= 2
     assert list((run_dir / "checkpoints").glob("ckpt_*.pt"))
     assert "finished" in logs
+
+
+def test_ray_job_stop_checkpoints_before_the_job_ends(ray_head, tmp_path):
+    from ray.job_submission import JobStatus
+
+    address, token = ray_head
+    client = _client(address, token)
+    runs = tmp_path / "runs"
+    job_id = _submit(client, runs, "run.total_frames=100000000", "run.log_every=1",
+                     "run.checkpoint_every=100000")
+    def rows() -> int:
+        found = list(runs.glob("*/metrics.csv"))
+        return len(found[0].read_text().splitlines()) - 1 if found else 0
+
+    deadline = time.monotonic() + 240
+    while rows() < 2:  # training has started: a few metric rows are written
+        status = client.get_job_status(job_id)
+        assert status in {JobStatus.PENDING, JobStatus.RUNNING}, client.get_job_logs(job_id)[-3000:]
+        assert time.monotonic() < deadline, "no metrics within 240 s"
+        time.sleep(1)
+    client.stop_job(job_id)
+    assert _wait_done(client, job_id, timeout=120) == JobStatus.STOPPED
+    logs = client.get_job_logs(job_id)
+    assert "interrupted by SIGTERM" in logs, logs[-3000:]
+    (run_dir,) = runs.iterdir()
+    assert list((run_dir / "checkpoints").glob("ckpt_*.pt")), logs[-3000:]

@@ -195,7 +195,7 @@ def test_a_run_of_nonfinite_losses_stops_training_and_a_finite_one_resets_it():
     assert learner.nonfinite_run == 0 and learner.nonfinite_total == 2
     learner.update(nan_batch(3))
     learner.update(nan_batch(4))
-    with pytest.raises(NonFiniteLossError, match=r"3 consecutive non-finite losses .*learner\.lr"):
+    with pytest.raises(NonFiniteLossError, match=r"3 consecutive non-finite updates \(last: loss nan\).*learner\.lr"):
         learner.update(nan_batch(5))
     assert learner.nonfinite_total == 5
     assert learner.updates == 1
@@ -267,3 +267,15 @@ def test_mixed_batch_routes_each_column_to_its_task_head():
     learner.update(batch)
     for head in learner.model.heads:
         assert all(p.grad is not None and p.grad.any() for p in head.parameters())
+
+
+def test_a_nonfinite_gradient_with_a_finite_loss_skips_the_step(monkeypatch):
+    learner = new_learner(make_cfg(), seed=0)
+    before = [p.detach().clone() for p in learner.model.parameters()]
+    # An overflow in backward: the loss is finite, the gradient norm is not.
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: torch.tensor(float("inf")))
+    metrics = learner.update(fake_batch(0))
+    assert learner.nonfinite_total == 1 and learner.updates == 0
+    assert metrics["learner/nonfinite_total"] == 1.0
+    for p, q in zip(before, learner.model.parameters()):
+        assert torch.equal(p, q)
