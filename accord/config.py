@@ -23,8 +23,8 @@ class _Section(BaseModel):
 
 class EnvConfig(_Section):
     kind: Literal["atari", "gym"] = Field("atari", description="Environment family.")
-    tasks: list[str] = Field(
-        ["breakout"], min_length=1,
+    tasks: tuple[str, ...] = Field(
+        ("breakout",), min_length=1,
         description="One task per entry: Atari game ids or gymnasium ids. Actor i runs task i mod len(tasks).")
     envs_per_actor: int = Field(8, ge=1, description="M environments stepped as one batch by each actor.")
     full_action_space: bool = Field(False, description="Atari: all 18 actions (needed for one policy over several games).")
@@ -197,19 +197,24 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Experimen
             raise ConfigError(f"config: {path} must hold a mapping of sections, got {type(tree).__name__}")
     for key, value in parse_overrides(list(overrides)):
         _set_path(tree, key, value)
-    cfg = config_from_dict(tree)
-    _validate_tasks(cfg)
-    return cfg
+    return _validate_tasks(config_from_dict(tree))
 
 
-def _validate_tasks(cfg: ExperimentConfig) -> None:
-    from envs import validate_task
+def _validate_tasks(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Check every task exists and return the config with canonical task names (so two
+    spellings of one game are caught as duplicates and metrics use one name)."""
+    from envs import task_names, validate_task
 
     for i, name in enumerate(cfg.env.tasks):
         try:
             validate_task(cfg.env.kind, name)
         except ValueError as exc:
             raise ConfigError(f"env.tasks.{i}: {exc}") from None
+    try:
+        canonical = task_names(cfg.env.kind, list(cfg.env.tasks))
+    except ValueError as exc:
+        raise ConfigError(f"env.tasks: {exc}") from None
+    return cfg.model_copy(update={"env": cfg.env.model_copy(update={"tasks": tuple(canonical)})})
 
 
 def to_yaml(cfg: ExperimentConfig) -> str:

@@ -15,6 +15,7 @@ import threading
 import time
 import traceback
 import uuid
+import warnings
 
 import ray
 import torch
@@ -33,7 +34,9 @@ class RolloutActor:
         self.weight_store = ray.get_actor(weight_store_name)
         # A fresh id per incarnation lets the driver count restarts.
         self.incarnation = uuid.uuid4().hex
-        restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        with warnings.catch_warnings():  # Ray 2.60 reads a deprecated property inside it
+            warnings.simplefilter("ignore", DeprecationWarning)
+            restarted = ray.get_runtime_context().was_current_actor_reconstructed
         reseed = int.from_bytes(os.urandom(4), "little") if restarted else 0
         self.worker = RolloutWorker(cfg, actor_index, obs_shape, num_actions, reseed)
         self.unrolls = 0

@@ -123,10 +123,10 @@ def test_bad_config_is_one_line_exit_2_and_no_ray(case, outcomes):
 
 def test_smoke_config_loads_and_overrides_apply():
     base = load_config(REPO / "configs" / "smoke.yaml")
-    assert base.env.tasks == ["breakout"]
+    assert base.env.tasks == ("breakout",)
     cfg = load_config(REPO / "configs" / "smoke.yaml", ["learner.lr=3e-4", "env.tasks=[pong]"])
     assert cfg.learner.lr == 3e-4
-    assert cfg.env.tasks == ["pong"]
+    assert cfg.env.tasks == ("pong",)
     # Everything not overridden still comes from the file, not from the defaults.
     assert cfg.learner.batch_size == base.learner.batch_size == 8
     assert cfg.queue.capacity == 8
