@@ -40,20 +40,35 @@ def evaluate_checkpoint(path: Path, episodes: int, greedy: bool = False,
     model.eval()
     results = {}
     for task_id, name in enumerate(cfg.env.tasks):
-        env = make_vec_env(cfg.env.kind, name, task_id, min(episodes, cfg.env.envs_per_actor),
-                           cfg.run.seed + 10_000, **options)
-        obs = env.reset(seed=cfg.run.seed + 10_000)
-        task = torch.full((env.num_envs,), task_id, dtype=torch.int64)
-        scores, steps = [], 0
+        env = make_vec_env(cfg.env.kind, name, task_id, min(episodes, 32), cfg.run.seed + 10_000,
+                           **options)
+        scores: list[float] = []
+        steps = 0
         while len(scores) < episodes and steps < max_steps:
-            logits, _ = model(torch.from_numpy(obs), task)
-            action = logits.argmax(-1) if greedy else torch.distributions.Categorical(logits=logits).sample()
-            result = env.step(action.numpy())
-            obs = result.obs
-            scores += [e.score for e in result.episodes]
-            steps += env.num_envs
+            round_scores, round_steps = _play_round(env, model, task_id, greedy, max_steps - steps)
+            scores += round_scores
+            steps += round_steps
         env.close()
         scores = scores[:episodes]
         results[name] = (float(np.mean(scores)) if scores else float("nan"),
                          float(np.std(scores)) if scores else float("nan"), len(scores))
     return results
+
+
+def _play_round(env, model, task_id: int, greedy: bool, max_steps: int) -> tuple[list[float], int]:
+    """One episode from each env. Taking the first N episodes to end across the envs instead
+    would favour short episodes and bias the mean down."""
+    obs = env.reset()
+    task = torch.full((env.num_envs,), task_id, dtype=torch.int64)
+    scores: dict[int, float] = {}
+    steps = 0
+    while len(scores) < env.num_envs and steps < max_steps:
+        logits, _ = model(torch.from_numpy(obs), task)
+        action = logits.argmax(-1) if greedy else torch.distributions.Categorical(logits=logits).sample()
+        result = env.step(action.numpy())
+        obs = result.obs
+        ended = np.flatnonzero(result.terminated | result.truncated)  # episodes come in env order
+        for env_index, episode in zip(ended, result.episodes):
+            scores.setdefault(int(env_index), episode.score)
+        steps += env.num_envs
+    return list(scores.values()), steps
