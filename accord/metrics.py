@@ -102,6 +102,8 @@ class MetricsSink:
         from ray.util.metrics import Gauge
 
         for key, value in row.items():
+            if key == "step":
+                continue
             gauge = self._gauges.get(key)
             if gauge is None:
                 gauge = self._gauges[key] = Gauge(_ray_name(key), description=f"accord {key}")

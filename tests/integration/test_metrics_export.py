@@ -1,0 +1,39 @@
+"""Metric rows reach Ray's metrics (the dashboard's Metrics view reads the same Prometheus
+endpoint that this test scrapes)."""
+import socket
+import time
+import urllib.request
+
+import pytest
+import ray
+
+from accord.metrics import MetricsSink
+
+pytestmark = pytest.mark.integration
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_metric_rows_are_exported_as_ray_gauges(tmp_path):
+    port = _free_port()
+    ray.init(address="local", num_cpus=1, include_dashboard=False, _metrics_export_port=port,
+             configure_logging=False, log_to_driver=False)
+    try:
+        sink = MetricsSink(tmp_path, use_ray=True, tensorboard=False)
+        deadline, found = time.monotonic() + 60, {}
+        while time.monotonic() < deadline and len(found) < 2:
+            sink.write(1, {"fps": 1234.5, "return/breakout": 2.5})
+            time.sleep(2)
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+            for line in text.splitlines():
+                for name in ("ray_accord_fps{", "ray_accord_return_breakout{"):
+                    if line.startswith(name):
+                        found[name] = float(line.rsplit(" ", 1)[1])
+        assert found == {"ray_accord_fps{": 1234.5, "ray_accord_return_breakout{": 2.5}
+        sink.close()
+    finally:
+        ray.shutdown()
