@@ -61,7 +61,7 @@ def actor_step_costs(cfg, repeats: int = 50) -> tuple[float, float]:
     torch.set_num_threads(1)
     obs_shape, _, num_actions = describe(cfg.env.kind, cfg.env.tasks[0], **env_options(cfg))
     worker = RolloutWorker(cfg, 0, obs_shape, num_actions)
-    actions = np.zeros(worker.env.num_envs, dtype=np.int64)
+    rng = np.random.default_rng(0)  # random actions, as the raw side steps with
     obs, task = torch.from_numpy(worker.obs), torch.zeros(worker.env.num_envs, dtype=torch.int64)
     with torch.inference_mode():
         worker.model(obs, task)
@@ -71,7 +71,7 @@ def actor_step_costs(cfg, repeats: int = 50) -> tuple[float, float]:
         policy = (time.perf_counter() - start) / repeats
     start = time.perf_counter()
     for _ in range(repeats):
-        worker.env.step(actions)
+        worker.env.step(rng.integers(0, num_actions, worker.env.num_envs))
     env = (time.perf_counter() - start) / repeats
     worker.close()
     return env, policy
