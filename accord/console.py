@@ -9,7 +9,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 
 class Console:
-    def __init__(self, enabled: bool = True, total: int | None = None):
+    def __init__(self, enabled: bool = True):
         tty = sys.stdout.isatty()
         # Off a terminal, lines stay whole so paths and commands can be copied from the log.
         self.rich = RichConsole(stderr=False, soft_wrap=not tty)
@@ -17,7 +17,6 @@ class Console:
         self.enabled = enabled
         self._progress = None
         self._task = None
-        self._total = total
 
     def start(self, total: int, completed: int) -> None:
         if not self.live:

@@ -97,6 +97,3 @@ class RolloutActor:
         self._thread.join(timeout=30)
         self.worker.close()
 
-    def ping(self) -> bool:
-        return True
-
