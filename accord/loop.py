@@ -123,8 +123,9 @@ class TrainingLoop:
         try:
             path = self._checkpoint()
             counters = ray.get(self.learner.counters.remote())
-            self._log(counters, chunk_metrics, max(time.monotonic() - last_log, 1e-9),
-                      counters["frames"] - last_frames, counters["updates"] - last_updates)
+            if counters["updates"] > last_updates:  # a row only for work not yet logged
+                self._log(counters, chunk_metrics, max(time.monotonic() - last_log, 1e-9),
+                          counters["frames"] - last_frames, counters["updates"] - last_updates)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
