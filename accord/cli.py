@@ -48,7 +48,9 @@ def train(
     except ConfigError as exc:
         _fail_config(str(exc))
 
-    if resume is not None and not list((resume / "checkpoints").glob("ckpt_*.pt")):
+    from learner.checkpoint import list_checkpoints
+
+    if resume is not None and not list_checkpoints(resume):
         typer.echo(f"error: --resume: {resume} has no checkpoints to continue from", err=True)
         raise typer.Exit(1)
 

@@ -203,18 +203,21 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Experimen
 def _validate_tasks(cfg: ExperimentConfig) -> ExperimentConfig:
     """Check every task exists and return the config with canonical task names (so two
     spellings of one game are caught as duplicates and metrics use one name)."""
-    from envs import task_names, validate_task
+    from envs import normalize_task, validate_task
 
+    canonical = []
     for i, name in enumerate(cfg.env.tasks):
         try:
             validate_task(cfg.env.kind, name)
         except ValueError as exc:
             raise ConfigError(f"env.tasks.{i}: {exc}") from None
-    try:
-        canonical = task_names(cfg.env.kind, list(cfg.env.tasks))
-    except ValueError as exc:
-        raise ConfigError(f"env.tasks: {exc}") from None
-    return cfg.model_copy(update={"env": cfg.env.model_copy(update={"tasks": tuple(canonical)})})
+        canonical.append(normalize_task(cfg.env.kind, name))
+    if tuple(canonical) == cfg.env.tasks:
+        return cfg
+    # Validated again with the canonical names, so the one duplicate rule sees them.
+    tree = cfg.model_dump()
+    tree["env"]["tasks"] = canonical
+    return config_from_dict(tree)
 
 
 def to_yaml(cfg: ExperimentConfig) -> str:
