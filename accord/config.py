@@ -65,6 +65,9 @@ class CombinerConfig(_Section):
 
 
 class LearnerConfig(_Section):
+    algorithm: Literal["impala", "sac"] = Field(
+        "impala", description="impala: V-trace over unrolls from the FIFO queue (Discrete actions); "
+                              "sac: soft actor-critic over the replay table (Box actions).")
     model: Literal["nature", "resnet", "mlp"] = Field("nature", description="Torso of the actor-critic.")
     per_task_heads: bool = Field(False, description="One policy/value head per task instead of one shared head.")
     batch_size: int = Field(32, ge=1, description="Trajectories per update; rounded up to whole unrolls of envs_per_actor.")

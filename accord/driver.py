@@ -22,7 +22,7 @@ from accord.loop import RunResult, TrainingLoop
 from accord.metrics import EpisodeTracker, MetricsSink
 from actors.remote import RolloutActor
 from actors.rollout import env_options
-from envs import describe
+from envs import EnvSpec, describe
 from learner.broadcast import WeightStore
 from learner.checkpoint import load_latest
 from learner.remote import LearnerActor
@@ -93,8 +93,7 @@ class Topology:
     weight_store: ray.actor.ActorHandle
     learner: ray.actor.ActorHandle
     actors: list
-    obs_shape: tuple
-    num_actions: int
+    spec: EnvSpec
 
     def stop(self) -> None:
         refs = [a.stop.remote() for a in self.actors]
@@ -105,7 +104,7 @@ class Topology:
 
 def start_topology(cfg: ExperimentConfig, run_id: str, checkpoint: str | None = None) -> Topology:
     """Create every role on the connected Ray cluster; load `checkpoint` into the learner first."""
-    obs_shape, _, num_actions = describe(cfg.env.kind, cfg.env.tasks[0], **env_options(cfg))
+    spec = describe(cfg.env.kind, cfg.env.tasks[0], **env_options(cfg))
     has_gpu = ray.cluster_resources().get("GPU", 0) >= 1 and cfg.learner.device != "cpu"
     if cfg.learner.device == "cuda" and not has_gpu:
         raise RuntimeError("learner.device is 'cuda' but the Ray cluster has no GPU; "
@@ -118,16 +117,16 @@ def start_topology(cfg: ExperimentConfig, run_id: str, checkpoint: str | None = 
     queue = QueueActor.options(name=names["queue"]).remote("fifo", cfg.queue.capacity)
     weight_store = WeightStore.options(name=names["weights"]).remote()
     learner = LearnerActor.options(num_gpus=1 if has_gpu else 0, num_cpus=1).remote(
-        cfg, obs_shape, num_actions, queue, weight_store)
+        cfg, spec, [queue], weight_store)
     if checkpoint is not None:
         ray.get(learner.load.remote(checkpoint))
     # Actors wait for these weights, so no experience from unpublished weights is produced.
     ray.get(learner.publish.remote())
     actors = [
         RolloutActor.options(max_restarts=cfg.actors.max_restarts, max_task_retries=0).remote(
-            cfg, i, obs_shape, num_actions, names["queue"], names["weights"])
+            cfg, i, spec, names["queue"], names["weights"])
         for i in range(cfg.actors.num_actors)]
-    return Topology(queue, weight_store, learner, actors, tuple(obs_shape), num_actions)
+    return Topology(queue, weight_store, learner, actors, spec)
 
 
 def _train(cfg: ExperimentConfig, run_dir: Path, resume: bool, console: Console,

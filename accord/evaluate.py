@@ -10,7 +10,7 @@ from accord.config import load_config
 from actors.rollout import env_options
 from envs import describe, make_vec_env
 from learner.checkpoint import list_checkpoints, load_checkpoint
-from learner.models import build_model
+from models.actor_critic import build_model
 
 
 def _resolve(path: Path) -> tuple[Path, Path]:
@@ -33,8 +33,8 @@ def evaluate_checkpoint(path: Path, episodes: int, greedy: bool = False,
     cfg = load_config(run_dir / "config.yaml")
     state = load_checkpoint(ckpt)
     options = env_options(cfg)
-    obs_shape, _, num_actions = describe(cfg.env.kind, cfg.env.tasks[0], **options)
-    model = build_model(cfg.learner.model, obs_shape, num_actions, len(cfg.env.tasks),
+    spec = describe(cfg.env.kind, cfg.env.tasks[0], **options)
+    model = build_model(cfg.learner.model, spec.obs_shape, spec.num_actions, len(cfg.env.tasks),
                         cfg.learner.per_task_heads)
     model.load_state_dict(state["model"])
     model.eval()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import ray
 
-from learner.learner import NonFiniteLossError
+from learner.algorithm import NonFiniteLossError
 
 EXIT_OK, EXIT_FAILED, EXIT_DIVERGED = 0, 1, 3
 FLEET_DEAD_SECONDS = 60.0

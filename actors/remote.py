@@ -25,7 +25,7 @@ from actors.rollout import RolloutWorker
 
 @ray.remote(num_cpus=1)
 class RolloutActor:
-    def __init__(self, cfg, actor_index: int, obs_shape, num_actions: int, queue_name: str,
+    def __init__(self, cfg, actor_index: int, spec, queue_name: str,
                  weight_store_name: str):
         torch.set_num_threads(1)  # one actor = one CPU; torch's pool would fight the envs
         # Looked up by name rather than passed as handles: handle arguments live in the object
@@ -38,7 +38,7 @@ class RolloutActor:
             warnings.simplefilter("ignore", DeprecationWarning)
             restarted = ray.get_runtime_context().was_current_actor_reconstructed
         reseed = int.from_bytes(os.urandom(4), "little") if restarted else 0
-        self.worker = RolloutWorker(cfg, actor_index, obs_shape, num_actions, reseed)
+        self.worker = RolloutWorker(cfg, actor_index, spec, reseed)
         self.unrolls = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="rollout")

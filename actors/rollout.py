@@ -20,11 +20,11 @@ import numpy as np
 import torch
 
 from envs import make_vec_env
-from learner.models import build_model
+from models.actor_critic import build_model
 
 
 class RolloutWorker:
-    def __init__(self, cfg, actor_index: int, obs_shape, num_actions: int, reseed: int = 0):
+    def __init__(self, cfg, actor_index: int, spec, reseed: int = 0):
         self.cfg = cfg
         self.actor_index = actor_index
         tasks = cfg.env.tasks
@@ -35,7 +35,7 @@ class RolloutWorker:
         self.env = make_vec_env(
             cfg.env.kind, self.task_name, self.task_id, cfg.env.envs_per_actor, seed,
             **env_options(cfg))
-        self.model = build_model(cfg.learner.model, obs_shape, num_actions, len(tasks),
+        self.model = build_model(cfg.learner.model, spec.obs_shape, spec.num_actions, len(tasks),
                                  cfg.learner.per_task_heads)
         self.model.eval()
         self.version = -1

@@ -101,7 +101,7 @@ def mtsac_case(K: int, n: int, hidden: int, device: str):
 class AuxAgent(nn.Module):
     def __init__(self, num_aux: int, frame: int, num_actions: int = 6, aux_dim: int = 32):
         super().__init__()
-        from learner.models import NatureCNN
+        from models.torsos import NatureCNN
         self.torso = NatureCNN(in_channels=4, hidden=512, frame_size=frame)
         self.pv = nn.Linear(self.torso.output_dim, num_actions + 1)   # logits + value
         self.aux = nn.ModuleList(nn.Linear(self.torso.output_dim, aux_dim)

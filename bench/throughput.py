@@ -59,8 +59,8 @@ def actor_step_costs(cfg, repeats: int = 50) -> tuple[float, float]:
     from envs import describe
 
     torch.set_num_threads(1)
-    obs_shape, _, num_actions = describe(cfg.env.kind, cfg.env.tasks[0], **env_options(cfg))
-    worker = RolloutWorker(cfg, 0, obs_shape, num_actions)
+    spec = describe(cfg.env.kind, cfg.env.tasks[0], **env_options(cfg))
+    worker = RolloutWorker(cfg, 0, spec)
     rng = np.random.default_rng(0)  # random actions, as the raw side steps with
     obs, task = torch.from_numpy(worker.obs), torch.zeros(worker.env.num_envs, dtype=torch.int64)
     with torch.inference_mode():
@@ -71,7 +71,7 @@ def actor_step_costs(cfg, repeats: int = 50) -> tuple[float, float]:
         policy = (time.perf_counter() - start) / repeats
     start = time.perf_counter()
     for _ in range(repeats):
-        worker.env.step(rng.integers(0, num_actions, worker.env.num_envs))
+        worker.env.step(rng.integers(0, spec.num_actions, worker.env.num_envs))
     env = (time.perf_counter() - start) / repeats
     worker.close()
     return env, policy
@@ -111,7 +111,7 @@ def fleet_fps(cfg, seconds: float, use_learner: bool) -> dict:
             counters = ray.get(topo.learner.counters.remote())
             return {"fps": (counters["frames"] - before) / elapsed,
                     "device": ray.get(topo.learner.device_name.remote())}
-        weights = ray.get(topo.learner.__ray_call__.remote(lambda self: ray.put(self.learner.weights())))
+        weights = ray.get(topo.learner.__ray_call__.remote(lambda self: ray.put(self.learner.actor_weights())))
         drain = Drain.remote(topo.queue, topo.weight_store, [weights],
                              -(-cfg.learner.batch_size // cfg.env.envs_per_actor))
         ray.get(drain.run.remote(WARMUP_SECONDS, cfg.frames_per_step))
@@ -125,7 +125,7 @@ def fleet_fps(cfg, seconds: float, use_learner: bool) -> dict:
 @ray.remote
 def bare_update_samples_per_s(cfg, obs_shape, num_actions: int, seconds: float) -> float:
     """Samples/s of forward + backward + RMSProp step of the learner's network, no V-trace, no data path."""
-    from learner.models import build_model
+    from models.actor_critic import build_model
     from learner.remote import resolve_device
 
     device = torch.device(resolve_device(cfg.learner.device))
@@ -177,10 +177,10 @@ def main(cfg, seconds: float = 30.0, use_learner: bool = False) -> list[dict]:
         if use_learner:
             from envs import describe
 
-            obs_shape, _, num_actions = describe(cfg.env.kind, cfg.env.tasks[0], **env_options(cfg))
+            spec = describe(cfg.env.kind, cfg.env.tasks[0], **env_options(cfg))
             gpu = 1 if ray.cluster_resources().get("GPU", 0) >= 1 and cfg.learner.device != "cpu" else 0
             bare = ray.get(bare_update_samples_per_s.options(num_gpus=gpu, num_cpus=1).remote(
-                cfg, obs_shape, num_actions, min(seconds, 15.0)))
+                cfg, spec.obs_shape, spec.num_actions, min(seconds, 15.0)))
             learner_sps = fleet["fps"] / cfg.frames_per_step
             rows += [{"measure": "bare fwd+bwd+step samples/s", "value": bare, "ratio": None},
                      {"measure": "learner samples/s (end to end)", "value": learner_sps,

@@ -5,10 +5,12 @@ Dependency rule: this package imports neither Ray nor any other accord package.
 
 from .base import EpisodeStats, StepResult, TrackedVecEnv, VecEnv
 from .factory import KINDS, describe, make_vec_env, normalize_task, validate_task
+from .spec import EnvSpec
 from .tasks import task_names
 
 __all__ = [
     "KINDS",
+    "EnvSpec",
     "EpisodeStats",
     "StepResult",
     "TrackedVecEnv",

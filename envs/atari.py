@@ -22,6 +22,7 @@ from ale_py.vector_env import AtariVectorEnv as _ALEVectorEnv
 from gymnasium.vector import AutoresetMode
 
 from .base import TrackedVecEnv
+from .spec import EnvSpec
 
 OBSERVATION_SHAPE = (4, 84, 84)  # [stack, height, width], channel-first as ALE returns it
 FULL_ACTION_SPACE_SIZE = 18
@@ -139,12 +140,12 @@ def make_vec_env(task_name: str, task_id: int, num_envs: int, seed: int, **optio
 
 
 def describe(task_name: str, *, full_action_space: bool = False, **_options):
-    """(obs_shape, obs_dtype, num_actions) without stepping; the action set needs the ROM."""
+    """The `EnvSpec` without stepping; the action set needs the ROM."""
     if full_action_space:
         validate_task(task_name)
-        return OBSERVATION_SHAPE, np.dtype(np.uint8), FULL_ACTION_SPACE_SIZE
+        return EnvSpec(OBSERVATION_SHAPE, np.dtype(np.uint8), num_actions=FULL_ACTION_SPACE_SIZE)
     env = _ALEVectorEnv(normalize_task(task_name), 1, num_threads=1)
     try:
-        return OBSERVATION_SHAPE, np.dtype(np.uint8), int(env.single_action_space.n)
+        return EnvSpec(OBSERVATION_SHAPE, np.dtype(np.uint8), num_actions=int(env.single_action_space.n))
     finally:
         env.close()

@@ -12,9 +12,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-import numpy as np
-
 from .base import VecEnv
+from .spec import EnvSpec
 
 KINDS: dict[str, str] = {
     "atari": ".atari",  # relative to this package; an absolute module path works too
@@ -33,9 +32,9 @@ def make_vec_env(kind: str, task_name: str, task_id: int, num_envs: int, seed: i
     return _kind_module(kind).make_vec_env(task_name, task_id, num_envs, seed, **options)
 
 
-def describe(kind: str, task_name: str, **options) -> tuple[tuple[int, ...], np.dtype, int]:
-    """(observation_shape, observation_dtype, num_actions), for sizing a model before any
-    actor starts. May create and close one env; never steps it."""
+def describe(kind: str, task_name: str, **options) -> EnvSpec:
+    """The task's spaces, for sizing a model before any actor starts. May create and close
+    one env; never steps it."""
     return _kind_module(kind).describe(task_name, **options)
 
 

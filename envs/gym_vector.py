@@ -14,6 +14,7 @@ import numpy as np
 from gymnasium.spaces import Box, Discrete
 
 from .base import TrackedVecEnv
+from .spec import EnvSpec
 
 
 def normalize_task(name: str) -> str:
@@ -121,10 +122,11 @@ def make_vec_env(task_name: str, task_id: int, num_envs: int, seed: int, **optio
 
 
 def describe(task_name: str, *, env_kwargs: dict | None = None, **_options):
-    """(obs_shape, obs_dtype, num_actions) from one env that is made and closed, not stepped."""
+    """The `EnvSpec` from one env that is made and closed, not stepped."""
     env = gym.make(normalize_task(task_name), **(env_kwargs or {}))
     try:
         _check_spaces(task_name, env.action_space, env.observation_space)
-        return tuple(env.observation_space.shape), np.dtype(np.float32), int(env.action_space.n)
+        return EnvSpec(tuple(env.observation_space.shape), np.dtype(np.float32),
+                       num_actions=int(env.action_space.n))
     finally:
         env.close()

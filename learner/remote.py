@@ -1,6 +1,7 @@
-"""The learner actor: pulls batches from the queue service, steps the `Learner`, publishes
-weights every k updates and writes checkpoints. The driver calls `train` in short chunks so it
-can log, checkpoint and stop between them.
+"""The learner actor: pulls batches from the queue/replay service through its algorithm's
+`BatchSource`, steps the `Algorithm`, publishes the actors' weights every k updates and writes
+checkpoints. It knows no algorithm (see learner/algorithm.py). The driver calls `train` in
+short chunks so it can log, checkpoint and stop between them.
 """
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import numpy as np
 import ray
 import torch
 
+from learner.algorithm import build_algorithm, build_source
 from learner.checkpoint import load_checkpoint, save_checkpoint
-from learner.learner import Learner, collate
 
 
 def resolve_device(requested: str) -> str:
@@ -25,17 +26,16 @@ def resolve_device(requested: str) -> str:
 
 @ray.remote
 class LearnerActor:
-    def __init__(self, cfg, obs_shape, num_actions: int, queue, weight_store):
+    def __init__(self, cfg, spec, service: list, weight_store):
         torch.set_num_threads(cfg.learner.num_threads)
         torch.manual_seed(cfg.run.seed)
         np.random.seed(cfg.run.seed)
         self.cfg = cfg
-        self.queue, self.weight_store = queue, weight_store
+        self.weight_store = weight_store
         self.device = resolve_device(cfg.learner.device)
-        self.learner = Learner(cfg, obs_shape, num_actions, self.device)
-        self.unrolls_per_batch = -(-cfg.learner.batch_size // cfg.env.envs_per_actor)
+        self.learner = build_algorithm(cfg, spec, self.device)
+        self.source = build_source(cfg, service)
         self._pending = None
-        self.lost_unrolls = 0
         self.published_version = -1
 
     def device_name(self) -> str:
@@ -50,27 +50,15 @@ class LearnerActor:
         return str(save_checkpoint(run_dir, self.learner.state_dict(), self.learner.updates, keep))
 
     def publish(self) -> int:
-        ref = ray.put(self.learner.weights())  # once, however many actors read it
+        ref = ray.put(self.learner.actor_weights())  # once, however many actors read it
         ray.get(self.weight_store.publish.remote(self.learner.updates, [ref]))
         self.published_version = self.learner.updates
         return self.published_version
 
     def counters(self) -> dict:
         return {"updates": self.learner.updates, "frames": self.learner.frames,
-                "nonfinite_total": self.learner.nonfinite_total, "lost_unrolls": self.lost_unrolls,
+                "nonfinite_total": self.learner.nonfinite_total, "lost_unrolls": self.source.lost,
                 "version": self.published_version}
-
-    def _fetch(self, refs: list) -> list[dict]:
-        try:
-            return ray.get(refs)
-        except ray.exceptions.ObjectLostError:
-            kept = []
-            for ref in refs:  # keep what survived; count what did not
-                try:
-                    kept.append(ray.get(ref))
-                except ray.exceptions.ObjectLostError:
-                    self.lost_unrolls += 1
-            return kept
 
     def train(self, max_updates: int, max_seconds: float) -> dict:
         """Run up to `max_updates` updates or `max_seconds`; returns the chunk's metrics."""
@@ -81,18 +69,15 @@ class LearnerActor:
         waited, done = 0.0, 0
         while done < max_updates and time.monotonic() - start < max_seconds:
             if self._pending is None:
-                self._pending = self.queue.sample.remote(self.unrolls_per_batch, 1.0)
+                self._pending = self.source.request()
             t0 = time.monotonic()
-            refs = ray.get(self._pending)
+            reply = ray.get(self._pending)
+            # Ask for the next batch now so it is on its way while this update runs.
+            self._pending = self.source.request()
+            batch = self.source.receive(reply)
             waited += time.monotonic() - t0
-            # Ask for the next batch now so its references are ready when this update ends.
-            self._pending = self.queue.sample.remote(self.unrolls_per_batch, 1.0)
-            if refs is None:
+            if batch is None:
                 continue
-            unrolls = self._fetch(refs)
-            if not unrolls:
-                continue
-            batch = collate(unrolls)
             # Lag: updates since the behaviour weights, as of the weights this update starts from.
             lags.extend(self.learner.updates - batch["versions"])
             metrics = self.learner.update(batch)
@@ -110,6 +95,6 @@ class LearnerActor:
             "learner/updates_in_chunk": float(done), "learner/seconds": elapsed,
             "learner/wait_fraction": waited / max(elapsed, 1e-9),
             "learner/lag_mean": float(np.mean(lags)) if lags else 0.0,
-            "learner/lost_unrolls": float(self.lost_unrolls),
+            "learner/lost_unrolls": float(self.source.lost),
         })
         return {"metrics": out, "episodes": episodes, "counters": self.counters()}

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-pytest.importorskip("learner.models", reason="the benchmark's CNN lives in learner.models")
+pytest.importorskip("models.torsos", reason="the benchmark CNN lives in models.torsos")
 
 
 def test_bench_runs_on_tiny_sizes_and_returns_rows(capsys):

@@ -81,8 +81,8 @@ def test_atari_scores_are_raw_while_training_rewards_are_clipped():
 
 
 def test_atari_full_action_space_and_describe():
-    assert envs.describe("atari", "pong") == ((4, 84, 84), np.dtype(np.uint8), 6)
-    assert envs.describe("atari", "pong", full_action_space=True)[2] == 18
+    assert envs.describe("atari", "pong") == envs.EnvSpec((4, 84, 84), np.dtype(np.uint8), num_actions=6)
+    assert envs.describe("atari", "pong", full_action_space=True).num_actions == 18
     env = envs.make_vec_env("atari", "Pong", 0, 1, seed=0, full_action_space=True)
     assert env.num_actions == 18 and env.sticky_actions == 0.25 and env.num_threads == 1
     env.close()

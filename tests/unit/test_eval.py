@@ -6,7 +6,12 @@ from pathlib import Path
 
 from accord.config import load_config, to_yaml
 from learner.checkpoint import save_checkpoint
-from learner.learner import Learner
+import numpy as np
+
+from envs import EnvSpec
+from learner.impala.learner import ImpalaLearner as Learner
+
+SPEC = EnvSpec((4,), np.dtype(np.float32), num_actions=2)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -14,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_eval_reports_the_mean_return_of_a_checkpoint(tmp_path):
     cfg = load_config(REPO / "configs" / "cartpole.yaml")
     (tmp_path / "config.yaml").write_text(to_yaml(cfg))
-    learner = Learner(cfg, (4,), 2)
+    learner = Learner(cfg, SPEC)
     save_checkpoint(tmp_path, learner.state_dict(), step=0)
     out = subprocess.run([sys.executable, "-m", "accord.cli", "eval", str(tmp_path), "--episodes", "6"],
                          cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch.distributions import Categorical
 
-from learner.impala_loss import impala_loss, loss_terms, total_loss
-from learner.models import build_model
-from learner.vtrace import vtrace
+from learner.impala.loss import impala_loss, loss_terms, total_loss
+from models.actor_critic import build_model
+from learner.impala.vtrace import vtrace
 
 MAIN_TERMS = {"main/pg", "main/baseline", "main/entropy"}
 

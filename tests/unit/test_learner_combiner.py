@@ -5,7 +5,12 @@ import torch
 
 from accord.config import config_from_dict
 from learner.checkpoint import load_checkpoint, save_checkpoint
-from learner.learner import Learner
+import numpy as np
+
+from envs import EnvSpec
+from learner.impala.learner import ImpalaLearner as Learner
+
+SPEC = EnvSpec((4,), np.dtype(np.float32), num_actions=2)
 
 TASKS = ["CartPole-v1", "CartPole-v0"]
 
@@ -39,9 +44,9 @@ def test_sum_over_tasks_equals_one_backward_of_the_whole_batch():
     # With summed V-trace losses, the per-task losses add up to the whole-batch loss, so the
     # Sum combiner must reproduce the plain single-loss update.
     torch.manual_seed(0)
-    plain = Learner(_cfg(TASKS[:1]), (4,), 2)
+    plain = Learner(_cfg(TASKS[:1]), SPEC)
     torch.manual_seed(0)
-    combined = Learner(_cfg(TASKS), (4,), 2)
+    combined = Learner(_cfg(TASKS), SPEC)
     assert plain.combiner is None and combined.combiner is not None
     for seed in range(3):
         m_plain = plain.update(_batch(seed))
@@ -53,10 +58,10 @@ def test_sum_over_tasks_equals_one_backward_of_the_whole_batch():
 
 def test_pcgrad_leaves_each_task_head_its_own_gradient():
     torch.manual_seed(0)
-    learner = Learner(_cfg(TASKS, "pcgrad", heads=True, options={"seed": 0}), (4,), 2)
+    learner = Learner(_cfg(TASKS, "pcgrad", heads=True, options={"seed": 0}), SPEC)
     batch = _batch(7)
     # The reference: task 1's loss alone, on a copy of the model, differentiated w.r.t. head 1.
-    reference = Learner(_cfg(TASKS, "sum", heads=True), (4,), 2)
+    reference = Learner(_cfg(TASKS, "sum", heads=True), SPEC)
     reference.model.load_state_dict(learner.model.state_dict())
     reference.optimizer.step = lambda: None
     reference.update({**batch, "task_id": batch["task_id"]})
@@ -71,7 +76,7 @@ def test_pcgrad_leaves_each_task_head_its_own_gradient():
 
 def test_a_task_missing_from_the_batch_is_a_zero_row():
     torch.manual_seed(0)
-    learner = Learner(_cfg(TASKS, "pcgrad", options={"seed": 0}), (4,), 2)
+    learner = Learner(_cfg(TASKS, "pcgrad", options={"seed": 0}), SPEC)
     metrics = learner.update(_batch(1, task_id=(0, 0, 0, 0)))
     assert metrics["combiner/norm/task/CartPole-v0"] == 0.0
     assert metrics["combiner/norm/task/CartPole-v1"] > 0.0
@@ -80,12 +85,12 @@ def test_a_task_missing_from_the_batch_is_a_zero_row():
 def test_resume_with_a_stateful_combiner_is_exact(tmp_path):
     cfg = _cfg(TASKS, "cosine_gate", options={"ema": 0.9})
     torch.manual_seed(0)
-    first = Learner(cfg, (4,), 2)
+    first = Learner(cfg, SPEC)
     for seed in range(3):
         first.update(_batch(seed))
     path = save_checkpoint(tmp_path, first.state_dict(), first.updates)
     torch.manual_seed(123)
-    second = Learner(cfg, (4,), 2)
+    second = Learner(cfg, SPEC)
     second.load_state_dict(load_checkpoint(path))
     for seed in (10, 11):
         a, b = first.update(_batch(seed)), second.update(_batch(seed))

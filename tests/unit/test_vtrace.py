@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from learner.vtrace import vtrace
+from learner.impala.vtrace import vtrace
 
 
 def _clip(x: float, threshold: float | None) -> float:

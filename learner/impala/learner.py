@@ -1,51 +1,37 @@
 """The IMPALA learner step, top to bottom: batch -> forward -> named V-trace loss terms ->
 gradient -> clip -> RMSProp step (Espeholt et al., 2018, with paper 000's settings).
 
-`Learner` is a plain class (no Ray) so the math and resume are testable on their own;
-`learner/remote.py` wraps it as a Ray actor. Its whole state is one explicit value
+`ImpalaLearner` is a plain class (no Ray) implementing `learner.algorithm.Algorithm`, so the
+math and resume are testable on their own; `learner/remote.py` drives it inside a Ray actor.
+Its whole state is one explicit value
 (`state_dict()` / `load_state_dict()`): weights, optimizer, counters and RNG states, so that
 save -> load -> continue is bit-identical to continuing.
 """
 from __future__ import annotations
 
-import random
-
 import numpy as np
 import torch
 
 from combiners import apply_combined, make_combiner
-from learner.impala_loss import impala_loss, total_loss
-from learner.models import build_model
+from learner.algorithm import NonFiniteGuard, rng_state, set_rng_state
+from learner.impala.loss import impala_loss, total_loss
+from learner.impala.source import collate  # noqa: F401  (re-exported: the batch format lives there)
+from models.actor_critic import build_model
 
 
-class NonFiniteLossError(RuntimeError):
-    """Raised after `max_nonfinite_run` consecutive updates with a non-finite loss."""
-
-
-def collate(unrolls: list[dict]) -> dict:
-    """Concatenate unrolls along the batch axis (axis 1 of time-major arrays)."""
-    batch = {k: np.concatenate([u[k] for u in unrolls], axis=1)
-             for k in ("obs", "actions", "rewards", "terminated", "truncated", "behaviour_logits")}
-    batch["task_id"] = np.concatenate([u["task_id"] for u in unrolls])
-    batch["versions"] = np.asarray([u["version"] for u in unrolls], dtype=np.int64)
-    batch["episodes"] = np.concatenate([u["episodes"] for u in unrolls])
-    return batch
-
-
-class Learner:
-    def __init__(self, cfg, obs_shape, num_actions: int, device: str = "cpu"):
+class ImpalaLearner:
+    def __init__(self, cfg, spec, device: str = "cpu"):
         self.cfg, self.lcfg = cfg, cfg.learner
         self.device = torch.device(device)
         self.num_tasks = len(cfg.env.tasks)
-        self.model = build_model(self.lcfg.model, obs_shape, num_actions, self.num_tasks,
+        self.model = build_model(self.lcfg.model, spec.obs_shape, spec.num_actions, self.num_tasks,
                                  self.lcfg.per_task_heads).to(self.device)
         self.optimizer = torch.optim.RMSprop(
             self.model.parameters(), lr=self.lcfg.lr, alpha=self.lcfg.rmsprop_alpha,
             eps=self.lcfg.rmsprop_eps, momentum=self.lcfg.rmsprop_momentum)
         self.updates = 0
         self.frames = 0          # environment frames consumed (agent steps x frameskip)
-        self.nonfinite_total = 0
-        self.nonfinite_run = 0
+        self.nonfinite = NonFiniteGuard(self.lcfg.max_nonfinite_run)
         self._pin = self.device.type == "cuda"
         # Several tasks (or a non-sum combiner): one loss per task, gradients combined on the
         # shared weights; each task's head gets its own gradient untouched.
@@ -124,7 +110,7 @@ class Learner:
             return self._skip_nonfinite(metrics, f"gradient norm {float(grad_norm)}")
         self.optimizer.step()
         self.updates += 1
-        self.nonfinite_run = 0
+        self.nonfinite.ok()
         metrics.update({
             "loss/total": float(loss.detach()), "learner/grad_norm": float(grad_norm),
             "learner/lr": self.optimizer.param_groups[0]["lr"],
@@ -132,14 +118,13 @@ class Learner:
         })
         return metrics
 
+    @property
+    def nonfinite_total(self) -> int:
+        return self.nonfinite.total
+
     def _skip_nonfinite(self, metrics: dict, what: str) -> dict:
         """Skip the step, keep the weights; a run of these means the run has diverged."""
-        self.nonfinite_total += 1
-        self.nonfinite_run += 1
-        if self.nonfinite_run >= self.lcfg.max_nonfinite_run:
-            raise NonFiniteLossError(
-                f"{self.nonfinite_run} consecutive non-finite updates (last: {what}); "
-                f"stopping. Lower learner.lr or check the rewards.")
+        self.nonfinite.skip(what)
         return {**metrics, "learner/nonfinite_total": float(self.nonfinite_total)}
 
     def _task_losses(self, loss_terms, task_id: np.ndarray, logits: torch.Tensor):
@@ -164,24 +149,18 @@ class Learner:
             group["lr"] = lr
 
     # ---------------------------------------------------------------- weights and state
-    def weights(self) -> dict[str, np.ndarray]:
+    def actor_weights(self) -> dict[str, np.ndarray]:
+        """Rollout actors run the whole actor-critic."""
         return {k: v.detach().cpu().numpy() for k, v in self.model.state_dict().items()}
 
     def state_dict(self) -> dict:
-        np_state = np.random.get_state()
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "combiner": self.combiner.state_dict() if self.combiner is not None else {},
             "counters": {"updates": self.updates, "frames": self.frames,
-                         "nonfinite_total": self.nonfinite_total, "nonfinite_run": self.nonfinite_run},
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
-                "numpy_pos": int(np_state[2]),
-                "python": _python_rng_tensor(),
-            },
+                         "nonfinite_total": self.nonfinite.total, "nonfinite_run": self.nonfinite.run},
+            "rng": rng_state(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -189,21 +168,8 @@ class Learner:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.combiner is not None:
             self.combiner.load_state_dict(state["combiner"])
-        for key, value in state["counters"].items():
-            setattr(self, key, int(value))
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        np.random.set_state(("MT19937", rng["numpy_keys"].numpy().astype(np.uint32), rng["numpy_pos"], 0, 0.0))
-        random.setstate(_python_rng_from_tensor(rng["python"]))
-
-
-def _python_rng_tensor() -> torch.Tensor:
-    version, internal, gauss = random.getstate()
-    return torch.tensor(list(internal), dtype=torch.int64)
-
-
-def _python_rng_from_tensor(t: torch.Tensor) -> tuple:
-    return (3, tuple(int(x) for x in t.tolist()), None)
-
+        counters = state["counters"]
+        self.updates, self.frames = int(counters["updates"]), int(counters["frames"])
+        self.nonfinite.total = int(counters["nonfinite_total"])
+        self.nonfinite.run = int(counters["nonfinite_run"])
+        set_rng_state(state["rng"])

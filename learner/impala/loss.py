@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 from torch.nn import functional as F
 
-from learner.vtrace import vtrace
+from learner.impala.vtrace import vtrace
 
 LOSS_PREFIXES = ("main/", "aux/")
 

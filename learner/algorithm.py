@@ -1,0 +1,118 @@
+"""The seam between the learner actor and an algorithm (IMPALA, SAC, ...).
+
+`LearnerActor` (learner/remote.py) drives any algorithm through two small protocols, so the
+queue/replay service, weight broadcast, checkpoints and metrics are written once:
+
+- an `Algorithm` is a plain class (no Ray) holding the networks, optimizers and combiners:
+  `update(batch)` takes one learner step and returns metrics, `actor_weights()` is what
+  rollout actors run, and `state_dict()` / `load_state_dict()` is its whole state;
+- a `BatchSource` knows how its algorithm's batches come out of the service: `request()`
+  asks for the next one (a Ray reference, so the learner can prefetch while it updates) and
+  `receive(reply)` turns the reply into a batch dict, or None when nothing came.
+
+Every batch carries two keys for the learner actor besides what its algorithm reads:
+`versions` (the weight version behind each item, for the policy-lag metric) and `episodes`
+([E, 3] rows of task id, raw return, length for episodes that ended, reported once).
+
+`build_algorithm` / `build_source` pick the implementation from `learner.algorithm`.
+"""
+from __future__ import annotations
+
+import random
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised after `max_nonfinite_run` consecutive updates with a non-finite loss."""
+
+
+class Algorithm(Protocol):
+    updates: int
+    frames: int
+    nonfinite_total: int
+
+    def update(self, batch: dict) -> dict[str, float]: ...
+
+    def actor_weights(self) -> dict[str, np.ndarray]: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class BatchSource(Protocol):
+    lost: int  # items the service handed out that could not be fetched (their owner died)
+
+    def request(self) -> Any: ...
+
+    def receive(self, reply: Any) -> dict | None: ...
+
+
+class NonFiniteGuard:
+    """Counts skipped updates; a run of `max_run` of them in a row means the run diverged."""
+
+    def __init__(self, max_run: int):
+        self.max_run = max_run
+        self.total = 0
+        self.run = 0
+
+    def ok(self) -> None:
+        self.run = 0
+
+    def skip(self, what: str) -> None:
+        self.total += 1
+        self.run += 1
+        if self.run >= self.max_run:
+            raise NonFiniteLossError(
+                f"{self.run} consecutive non-finite updates (last: {what}); "
+                f"stopping. Lower learner.lr or check the rewards.")
+
+
+def rng_state() -> dict:
+    """torch, CUDA, NumPy and Python RNG states as tensors and plain values (loadable with
+    `weights_only=True`), including the cached Gaussian draw of NumPy's and Python's RNG."""
+    np_state = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "numpy_has_gauss": int(np_state[3]),
+        "numpy_cached_gauss": float(np_state[4]),
+        "python": torch.tensor(list(internal), dtype=torch.int64),
+        "python_gauss_next": gauss_next,
+    }
+
+
+def set_rng_state(rng: dict) -> None:
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    np.random.set_state(("MT19937", rng["numpy_keys"].numpy().astype(np.uint32), rng["numpy_pos"],
+                         rng.get("numpy_has_gauss", 0), rng.get("numpy_cached_gauss", 0.0)))
+    random.setstate((3, tuple(int(x) for x in rng["python"].tolist()), rng.get("python_gauss_next")))
+
+
+def build_algorithm(cfg, spec, device: str) -> Algorithm:
+    if cfg.learner.algorithm == "impala":
+        from learner.impala.learner import ImpalaLearner
+        return ImpalaLearner(cfg, spec, device)
+    if cfg.learner.algorithm == "sac":
+        from learner.sac.learner import SacLearner
+        return SacLearner(cfg, spec, device)
+    raise ValueError(f"unknown learner.algorithm {cfg.learner.algorithm!r}")
+
+
+def build_source(cfg, service: list) -> BatchSource:
+    """`service`: the handles of the queue/replay service's shards."""
+    if cfg.learner.algorithm == "impala":
+        from learner.impala.source import UnrollSource
+        return UnrollSource(service, -(-cfg.learner.batch_size // cfg.env.envs_per_actor))
+    if cfg.learner.algorithm == "sac":
+        from learner.sac.source import ReplaySource
+        return ReplaySource(service, cfg)
+    raise ValueError(f"unknown learner.algorithm {cfg.learner.algorithm!r}")

@@ -1,0 +1,50 @@
+"""IMPALA's batches: whole unrolls taken once from the FIFO queue, fetched from the object store
+and concatenated along the batch axis."""
+from __future__ import annotations
+
+import numpy as np
+import ray
+
+
+def collate(unrolls: list[dict]) -> dict:
+    """Concatenate unrolls along the batch axis (axis 1 of time-major arrays)."""
+    batch = {k: np.concatenate([u[k] for u in unrolls], axis=1)
+             for k in ("obs", "actions", "rewards", "terminated", "truncated", "behaviour_logits")}
+    batch["task_id"] = np.concatenate([u["task_id"] for u in unrolls])
+    batch["versions"] = np.asarray([u["version"] for u in unrolls], dtype=np.int64)
+    batch["episodes"] = np.concatenate([u["episodes"] for u in unrolls])
+    return batch
+
+
+class UnrollSource:
+    """`n` unroll references per request from the queue's shards, in turn."""
+
+    def __init__(self, shards: list, unrolls_per_batch: int, timeout: float = 1.0):
+        self.shards = list(shards)
+        self.n = unrolls_per_batch
+        self.timeout = timeout
+        self.lost = 0
+        self._next = 0
+
+    def request(self):
+        shard = self.shards[self._next % len(self.shards)]
+        self._next += 1
+        return shard.sample.remote(self.n, self.timeout)
+
+    def receive(self, refs) -> dict | None:
+        if refs is None:  # the queue timed out: the actors have not filled a batch yet
+            return None
+        unrolls = self._fetch(refs)
+        return collate(unrolls) if unrolls else None
+
+    def _fetch(self, refs: list) -> list[dict]:
+        try:
+            return ray.get(refs)
+        except ray.exceptions.ObjectLostError:
+            kept = []
+            for ref in refs:  # keep what survived; count what did not
+                try:
+                    kept.append(ray.get(ref))
+                except ray.exceptions.ObjectLostError:
+                    self.lost += 1
+            return kept
