@@ -22,11 +22,16 @@ class _Section(BaseModel):
 
 
 class EnvConfig(_Section):
-    kind: Literal["atari", "gym"] = Field("atari", description="Environment family.")
+    kind: Literal["atari", "gym", "metaworld"] = Field("atari", description="Environment family.")
     tasks: tuple[str, ...] = Field(
         ("breakout",), min_length=1,
-        description="One task per entry: Atari game ids or gymnasium ids. Actor i runs task i mod len(tasks).")
-    envs_per_actor: int = Field(8, ge=1, description="M environments stepped as one batch by each actor.")
+        description="One task per entry: Atari game ids, gymnasium ids or Meta-World env names "
+                    "(MT10/MT50 fill them from env.benchmark). With at least as many actors as "
+                    "tasks actor i runs task i mod len(tasks); with fewer, the tasks are dealt "
+                    "round robin and each actor steps all of its tasks.")
+    benchmark: Literal["MT1", "MT10", "MT50"] | None = Field(
+        None, description="Meta-World benchmark; MT1 trains the one task in env.tasks.")
+    envs_per_actor: int = Field(8, ge=1, description="M environments per task an actor holds, stepped as one batch.")
     full_action_space: bool = Field(False, description="Atari: all 18 actions (needed for one policy over several games).")
     sticky_actions: float = Field(0.25, ge=0.0, le=1.0, description="Atari: repeat-previous-action probability.")
     clip_rewards: bool = Field(True, description="Atari: train on sign-clipped rewards; episode scores stay raw.")
@@ -37,6 +42,22 @@ class ActorConfig(_Section):
     num_actors: int = Field(2, ge=1, description="Rollout actors, one CPU each (the paper ran 200).")
     unroll_length: int = Field(20, ge=1, description="T: steps per unroll handed to the learner.")
     max_restarts: int = Field(3, ge=0, description="Times Ray restarts a dead rollout actor.")
+
+
+class ReplayConfig(_Section):
+    """The replay table of off-policy algorithms (SAC); the FIFO queue serves IMPALA."""
+    capacity_per_task: int = Field(1_000_000, ge=1, description="Transitions kept per task (a ring buffer each).")
+    learning_starts: int = Field(
+        1_500, ge=1, description="Transitions per task before the learner samples; until the first "
+                                 "update is published, actors act uniformly at random.")
+    samples_per_insert: float | None = Field(
+        None, gt=0, description="Rate limit (Reverb's SampleToInsertRatio): sampled transitions per "
+                                "inserted one; None lets actors and learner run free.")
+    tolerance: float = Field(
+        0.0, ge=0, description="How far, in sampled transitions, the ratio may drift before the "
+                               "faster side waits; 0 picks the smallest that cannot deadlock.")
+    shards: int = Field(1, ge=1, description="Replay service actors; tasks are partitioned across them.")
+    prefetch: int = Field(2, ge=1, description="Batches the learner keeps in flight, so it rarely waits.")
 
 
 class QueueConfig(_Section):
@@ -64,11 +85,28 @@ class CombinerConfig(_Section):
         return self
 
 
+class SacConfig(_Section):
+    """Soft actor-critic (Haarnoja et al., 2018) as the multi-task papers 003 and 004 run it."""
+    model: Literal["mtsac", "multihead", "dgrad_a"] = Field(
+        "mtsac", description="mtsac: one MLP reading the one-hot task id; multihead: one output "
+                             "head per task; dgrad_a: per-layer task networks M(z)x + beta(z) (paper 004).")
+    hidden: tuple[int, ...] = Field((400, 400, 400), min_length=1, description="Hidden units per layer of actor and critics.")
+    batch_per_task: int = Field(128, ge=1, description="Transitions of each task in every batch (task-balanced).")
+    actor_lr: float = Field(3e-4, gt=0, description="Adam learning rate of the policy.")
+    critic_lr: float = Field(3e-4, gt=0, description="Adam learning rate of the twin Q critics.")
+    alpha_lr: float = Field(3e-4, gt=0, description="Adam learning rate of each task's log temperature.")
+    init_alpha: float = Field(1.0, gt=0, description="Initial temperature of every task.")
+    target_entropy: float | None = Field(None, description="Entropy target; None means -|A|.")
+    tau: float = Field(0.005, gt=0, le=1, description="Polyak rate of the target critics.")
+    reward_scale: float = Field(1.0, gt=0, description="Rewards are multiplied by this before the TD target.")
+
+
 class LearnerConfig(_Section):
     algorithm: Literal["impala", "sac"] = Field(
         "impala", description="impala: V-trace over unrolls from the FIFO queue (Discrete actions); "
                               "sac: soft actor-critic over the replay table (Box actions).")
-    model: Literal["nature", "resnet", "mlp"] = Field("nature", description="Torso of the actor-critic.")
+    model: Literal["auto", "nature", "resnet", "mlp"] = Field(
+        "auto", description="IMPALA torso; auto: the Nature CNN for frames, an MLP for vectors.")
     per_task_heads: bool = Field(False, description="One policy/value head per task instead of one shared head.")
     batch_size: int = Field(32, ge=1, description="Trajectories per update; rounded up to whole unrolls of envs_per_actor.")
     lr: float = Field(6e-4, gt=0, description="RMSProp learning rate (paper 000).")
@@ -89,7 +127,8 @@ class LearnerConfig(_Section):
     bf16: bool = Field(False, description="bf16 autocast for the forward pass on CUDA.")
     max_nonfinite_run: int = Field(20, ge=1, description="Consecutive non-finite losses that stop training.")
     num_threads: int = Field(1, ge=1, description="torch threads of a CPU learner.")
-    combiner: CombinerConfig = Field(CombinerConfig(), description="Gradient combiner across tasks (used when there are several tasks or it is not 'sum').")
+    combiner: CombinerConfig = Field(CombinerConfig(), description="Gradient combiner across tasks (used when there are several tasks or it is not 'sum'). SAC combines the critic's and the actor's shared gradients separately.")
+    sac: SacConfig = Field(SacConfig(), description="SAC settings (learner.algorithm: sac).")
 
 
 class RunConfig(_Section):
@@ -103,12 +142,15 @@ class RunConfig(_Section):
     keep_checkpoints: int = Field(3, ge=1, description="Checkpoints kept on disk.")
     log_every: float = Field(5.0, gt=0, description="Seconds between metric rows.")
     progress: bool = Field(True, description="Live progress display on the console.")
+    eval_every: int = Field(0, ge=0, description="Updates between evaluations of the deterministic policy (success rate and return per task); 0: never.")
+    eval_episodes: int = Field(5, ge=1, description="Episodes per task in each periodic evaluation.")
 
 
 class ExperimentConfig(_Section):
     env: EnvConfig = EnvConfig()
     actors: ActorConfig = ActorConfig()
     queue: QueueConfig = QueueConfig()
+    replay: ReplayConfig = ReplayConfig()
     learner: LearnerConfig = LearnerConfig()
     run: RunConfig = RunConfig()
 

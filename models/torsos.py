@@ -79,10 +79,14 @@ class MLP(nn.Module):
 
 
 def make_torso(name: str, obs_shape: tuple[int, ...]) -> nn.Module:
+    """`auto` follows the observation, as RLlib's catalog does: frames [C, H, W] get the
+    Nature CNN, vectors an MLP."""
+    if name == "auto":
+        name = "nature" if len(obs_shape) == 3 else "mlp"
     if name == "nature":
         return NatureCNN(in_channels=obs_shape[0], frame_size=obs_shape[-1])
     if name == "resnet":
         return ImpalaResNet(in_channels=obs_shape[0], frame_size=obs_shape[-1])
     if name == "mlp":
         return MLP(int(math.prod(obs_shape)))
-    raise ValueError(f"unknown model {name!r}; expected 'nature', 'resnet' or 'mlp'")
+    raise ValueError(f"unknown model {name!r}; expected 'auto', 'nature', 'resnet' or 'mlp'")

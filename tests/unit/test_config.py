@@ -68,7 +68,7 @@ def test_defaults_are_paper_000_settings():
 
 def test_every_field_of_every_section_has_a_description():
     sections = _sections()
-    assert set(sections) == {"env", "actors", "queue", "learner", "run"}
+    assert set(sections) == {"env", "actors", "queue", "replay", "learner", "run"}
     missing = [f"{s}.{f}" for s, model in sections.items()
                for f, info in model.model_fields.items()
                if not (info.description and info.description.strip())]
