@@ -99,7 +99,7 @@ def test_to_yaml_round_trip_gives_an_equal_config(tmp_path):
 def test_round_trip_of_defaults_writes_every_section():
     cfg = config_from_dict(GYM)
     tree = yaml.safe_load(to_yaml(cfg))
-    assert list(tree) == ["env", "actors", "queue", "learner", "run"]
+    assert list(tree) == ["env", "actors", "queue", "replay", "learner", "run"]
     assert tree["learner"]["lr"] == 6e-4
     assert config_from_dict(tree) == cfg
 
