@@ -15,19 +15,25 @@ import numpy as np
 
 
 class EpisodeTracker:
-    """Per-task recent episode returns (raw scores) and lengths."""
+    """Per-task recent episode returns (raw scores), lengths and successes.
+
+    Episodes arrive as rows (task_id, raw score, length, success) where success is NaN for
+    envs that have no notion of it (Atari, most gymnasium envs)."""
 
     def __init__(self, task_names: list[str], window: int = 100):
         self.task_names = task_names
         self.scores = {name: deque(maxlen=window) for name in task_names}
         self.lengths = {name: deque(maxlen=window) for name in task_names}
+        self.successes = {name: deque(maxlen=window) for name in task_names}
         self.count = defaultdict(int)
 
     def add(self, episodes) -> None:
-        for task_id, score, length in episodes:
+        for task_id, score, length, success in episodes:
             name = self.task_names[int(task_id)]
             self.scores[name].append(float(score))
             self.lengths[name].append(float(length))
+            if not np.isnan(success):
+                self.successes[name].append(float(success))
             self.count[name] += 1
 
     def mean_return(self, name: str, min_episodes: int = 1) -> float | None:
@@ -42,6 +48,8 @@ class EpisodeTracker:
             if self.scores[name]:
                 out[f"return/{name}"] = float(np.mean(self.scores[name]))
                 out[f"episode_length/{name}"] = float(np.mean(self.lengths[name]))
+            if self.successes[name]:
+                out[f"success/{name}"] = float(np.mean(self.successes[name]))
             out[f"episodes/{name}"] = float(self.count[name])
         return out
 

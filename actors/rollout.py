@@ -10,7 +10,7 @@ An unroll is a dict of numpy arrays, time-major like the V-trace learner wants:
     behaviour_logits  [T, M, A] float32      mu, for the V-trace importance ratios
     task_id           [M] int64
     version           int                    weights that produced the whole unroll
-    episodes          [E, 3] float64         (task_id, raw score, length) of episodes that ended
+    episodes          [E, 4] float64         (task_id, raw score, length, success or NaN) of episodes that ended
 
 Weights change only between unrolls, so every step of one unroll has the same behaviour version.
 """
@@ -65,7 +65,7 @@ class RolloutWorker:
             result = self.env.step(action.numpy())
             actions[t], logits_buf[t] = action.numpy(), logits.numpy()
             rewards[t], terminated[t], truncated[t] = result.rewards, result.terminated, result.truncated
-            episodes += [(e.task_id, e.score, e.length) for e in result.episodes]
+            episodes += [episode_row(e) for e in result.episodes]
             self.obs = result.obs
         obs[T] = self.obs
         self.steps += T * M
@@ -73,7 +73,7 @@ class RolloutWorker:
             "obs": obs, "actions": actions, "rewards": rewards, "terminated": terminated,
             "truncated": truncated, "behaviour_logits": logits_buf,
             "task_id": self._task_ids.numpy().copy(), "version": self.version,
-            "episodes": np.asarray(episodes, dtype=np.float64).reshape(-1, 3),
+            "episodes": np.asarray(episodes, dtype=np.float64).reshape(-1, 4),
         }
 
     @property
@@ -82,6 +82,12 @@ class RolloutWorker:
 
     def close(self) -> None:
         self.env.close()
+
+
+def episode_row(episode) -> tuple[float, float, float, float]:
+    """(task_id, raw score, length, success), success NaN where the env has none."""
+    success = float("nan") if episode.success is None else float(episode.success)
+    return (episode.task_id, episode.score, episode.length, success)
 
 
 def env_options(cfg) -> dict:

@@ -26,6 +26,7 @@ class EpisodeStats:
     task_name: str
     score: float  # raw (unclipped) episode return
     length: int  # agent steps
+    success: float | None = None  # 1.0/0.0 where the env reports success (Meta-World), else None
 
 
 @dataclass

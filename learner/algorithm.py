@@ -12,7 +12,8 @@ queue/replay service, weight broadcast, checkpoints and metrics are written once
 
 Every batch carries two keys for the learner actor besides what its algorithm reads:
 `versions` (the weight version behind each item, for the policy-lag metric) and `episodes`
-([E, 3] rows of task id, raw return, length for episodes that ended, reported once).
+([E, 4] rows of task id, raw return, length, success or NaN, for episodes that ended, reported
+once).
 
 `build_algorithm` / `build_source` pick the implementation from `learner.algorithm`.
 """

@@ -38,7 +38,7 @@ def fake_unroll(seed: int, task_id: int = 0, version: int = 0, episodes: int = 0
         "behaviour_logits": rng.standard_normal((T, M, A)).astype(np.float32),
         "task_id": np.full(M, task_id, dtype=np.int64),
         "version": version,
-        "episodes": np.tile([task_id, 10.0 + seed, 7.0], (episodes, 1)).reshape(-1, 3),
+        "episodes": np.tile([task_id, 10.0 + seed, 7.0, np.nan], (episodes, 1)).reshape(-1, 4),
     }
 
 
@@ -216,13 +216,13 @@ def test_collate_concatenates_along_the_batch_axis():
         assert batch[key].dtype == a[key].dtype
     np.testing.assert_array_equal(batch["task_id"], [0] * M + [1] * M)
     assert batch["versions"].tolist() == [4, 6] and batch["versions"].dtype == np.int64
-    assert batch["episodes"].shape == (3, 3)
+    assert batch["episodes"].shape == (3, 4)
     np.testing.assert_array_equal(batch["episodes"][:, 0], [0, 1, 1])
 
 
 def test_collate_of_unrolls_without_episodes():
     batch = collate([fake_unroll(0), fake_unroll(1)])
-    assert batch["episodes"].shape == (0, 3)
+    assert batch["episodes"].shape == (0, 4)
 
 
 # --- per-task heads -----------------------------------------------------------------------------

@@ -33,7 +33,7 @@ def _batch(seed, task_id=(0, 0, 1, 1), T=5):
             "terminated": rng.random((T, B)) < 0.1, "truncated": np.zeros((T, B), bool),
             "behaviour_logits": rng.normal(size=(T, B, 2)).astype(np.float32),
             "task_id": np.asarray(task_id), "versions": np.zeros(2, np.int64),
-            "episodes": np.zeros((0, 3))}
+            "episodes": np.zeros((0, 4))}
 
 
 def _params(learner):

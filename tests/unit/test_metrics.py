@@ -98,8 +98,9 @@ def test_ray_metric_names_are_prometheus_safe():
 def test_episode_tracker_per_task_means():
     tracker = EpisodeTracker(["pong", "breakout"])
     assert tracker.mean_return("pong") is None
-    tracker.add(np.array([[0, -21.0, 800], [1, 4.0, 300], [0, -19.0, 900]]))
-    tracker.add([(1, 6.0, 500)])
+    nan = float("nan")
+    tracker.add(np.array([[0, -21.0, 800, nan], [1, 4.0, 300, nan], [0, -19.0, 900, nan]]))
+    tracker.add([(1, 6.0, 500, nan)])
     assert tracker.mean_return("pong") == pytest.approx(-20.0)
     assert tracker.mean_return("breakout") == pytest.approx(5.0)
     assert tracker.metrics() == {
@@ -112,9 +113,11 @@ def test_episode_tracker_per_task_means():
 
 def test_episode_tracker_window_and_tasks_without_episodes():
     tracker = EpisodeTracker(["a", "b"], window=2)
-    tracker.add([(0, 1.0, 10), (0, 2.0, 10), (0, 6.0, 10)])
+    tracker.add([(0, 1.0, 10, 1.0), (0, 2.0, 10, 0.0), (0, 6.0, 10, 0.0)])
     assert tracker.mean_return("a") == pytest.approx(4.0)  # the oldest fell out of the window
     metrics = tracker.metrics()
     assert metrics["episodes/a"] == 3.0  # the count is over the whole run
     assert metrics["episodes/b"] == 0.0
     assert "return/b" not in metrics and "episode_length/b" not in metrics
+    assert metrics["success/a"] == 0.0  # successes share the window
+    assert "success/b" not in metrics
