@@ -21,7 +21,7 @@ from ale_py import roms
 from ale_py.vector_env import AtariVectorEnv as _ALEVectorEnv
 from gymnasium.vector import AutoresetMode
 
-from .base import TrackedVecEnv
+from .base import RawStep, TrackedVecEnv
 from .spec import EnvSpec
 
 OBSERVATION_SHAPE = (4, 84, 84)  # [stack, height, width], channel-first as ALE returns it
@@ -81,6 +81,7 @@ class AtariVecEnv(TrackedVecEnv):
 
     observation_dtype = np.dtype(np.uint8)
     observation_shape = OBSERVATION_SHAPE
+    keeps_final_obs = False  # image stacks: copying them every step is not worth it for IMPALA
 
     def __init__(
         self,
@@ -132,7 +133,7 @@ class AtariVecEnv(TrackedVecEnv):
 
     def _step_raw(self, actions):
         obs, rewards, terminated, truncated, _ = self._env.step(actions)
-        return obs, rewards, terminated, truncated
+        return RawStep(obs, rewards, terminated, truncated)
 
 
 def make_vec_env(task_name: str, task_id: int, num_envs: int, seed: int, **options) -> AtariVecEnv:
