@@ -107,6 +107,8 @@ def test_box_action_spec_and_one_hot_in_describe():
         (6,), np.dtype(np.float32), num_actions=2)
     with pytest.raises(ValueError, match="vector observations"):
         envs.describe("atari", "pong", task_one_hot=2)
+    with pytest.raises(ValueError, match="vector observations"):
+        envs.make_vec_env("atari", "pong", 0, 1, seed=0, task_one_hot=2)
 
 
 # --- final_obs ---------------------------------------------------------------------------------
