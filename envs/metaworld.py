@@ -20,7 +20,7 @@ Choices made here, where Meta-World leaves them open:
   actor runs. The variations come from the same ``_random_reset_space`` (the benchmarks pass
   each env the same arguments), so only which 50 draws differ. ``variation_seed`` is a
   property of the run, not of the actor: every actor of a task sees the same 50.
-* ``benchmark`` picks which env names are valid (MT10: its 10, MT50 and MT1: all 50).
+* ``benchmark`` picks which env names are valid (MT10: its 10; MT50, MT1 and None: all 50).
 * Envs are stepped in-process one after another: a rollout actor has one CPU.
 """
 
@@ -80,8 +80,8 @@ def validate_task(name: str) -> None:
     normalize_task(name)
 
 
-def _check_benchmark(name: str, benchmark: str) -> None:
-    if benchmark not in BENCHMARKS:
+def _check_benchmark(name: str, benchmark: str | None) -> None:
+    if benchmark is not None and benchmark not in BENCHMARKS:
         raise ValueError(f"unknown Meta-World benchmark {benchmark!r}; known: {', '.join(BENCHMARKS)}")
     if benchmark == "MT10" and name not in benchmark_tasks("MT10"):
         raise ValueError(f"Meta-World env {name!r} is not one of the MT10 tasks {benchmark_tasks('MT10')}")
@@ -100,7 +100,7 @@ class MetaWorldVecEnv(TrackedVecEnv):
     actions float [M, 4] in [-1, 1] (Meta-World's own bounds, so no rescaling happens).
 
     Options:
-        benchmark: "MT10", "MT50" or "MT1"; the env must belong to it.
+        benchmark: "MT10", "MT50", "MT1" or None; the env must belong to it.
         task_one_hot: append a one-hot of task_id of this length (10 for MT10) to each obs.
         max_episode_steps: truncate each episode after this many steps (the benchmarks: 500).
         variation_seed: seeds the draw of the env's 50 variations; keep it equal across
@@ -116,7 +116,7 @@ class MetaWorldVecEnv(TrackedVecEnv):
         num_envs: int,
         seed: int,
         *,
-        benchmark: str = "MT10",
+        benchmark: str | None = "MT10",
         task_one_hot: int = 0,
         max_episode_steps: int = MAX_EPISODE_STEPS,
         variation_seed: int = 0,
@@ -137,6 +137,8 @@ class MetaWorldVecEnv(TrackedVecEnv):
         self._create()
         env = self._envs[0]
         self._set_action_box(env.action_space.low, env.action_space.high, env.action_space.dtype)
+        if env.observation_space.shape != (OBSERVATION_DIM,):
+            raise ValueError(f"Meta-World env {name!r} observes {env.observation_space.shape}, expected ({OBSERVATION_DIM},)")
         self._set_observation_shape(env.observation_space.shape)
 
     def _create(self) -> None:
@@ -169,7 +171,7 @@ class MetaWorldVecEnv(TrackedVecEnv):
 
     def _step_raw(self, actions: np.ndarray) -> RawStep:
         m = self.num_envs
-        obs = np.empty((m, *self._envs[0].observation_space.shape), dtype=np.float32)
+        obs = np.empty((m, OBSERVATION_DIM), dtype=np.float32)
         final_obs = np.empty_like(obs)
         rewards = np.empty(m, dtype=np.float64)
         terminated = np.zeros(m, dtype=bool)
@@ -187,7 +189,7 @@ def make_vec_env(task_name: str, task_id: int, num_envs: int, seed: int, **optio
     return MetaWorldVecEnv(task_name, task_id, num_envs, seed, **options)
 
 
-def describe(task_name: str, *, benchmark: str = "MT10", **_options) -> EnvSpec:
+def describe(task_name: str, *, benchmark: str | None = "MT10", **_options) -> EnvSpec:
     """The `EnvSpec` of a Meta-World task (without the one-hot, which ``envs.describe`` adds);
     every v3 env has the same spaces, so no env is made."""
     _check_benchmark(normalize_task(task_name), benchmark)

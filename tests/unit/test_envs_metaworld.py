@@ -11,6 +11,8 @@ from envs import metaworld as mw
 pytest.importorskip("metaworld")
 from metaworld.policies import SawyerReachV3Policy  # noqa: E402
 
+# The scripted policies warn that their gains exceed the action box; actions are clipped here.
+pytestmark = pytest.mark.filterwarnings("ignore:Constant:UserWarning")
 GOAL = slice(36, 39)  # the goal position within Meta-World's 39-dim observation
 
 
@@ -27,6 +29,8 @@ def test_benchmark_task_lists_and_names():
         envs.make_vec_env("metaworld", "assembly-v3", 0, 1, seed=0, benchmark="MT10")
     with pytest.raises(ValueError, match="MT1"):
         mw.benchmark_tasks("MT1")
+    with pytest.raises(ValueError, match="unknown Meta-World benchmark 'MT20'"):
+        envs.make_vec_env("metaworld", "reach-v3", 0, 1, seed=0, benchmark="MT20")
 
 
 def test_describe_matches_the_env():
