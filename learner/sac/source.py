@@ -33,6 +33,7 @@ class ReplaySource:
         self.timeout = timeout
         self.lost = 0  # transitions handed out by a shard for a batch another shard timed out on
         self.timeouts = 0  # requests that yielded no batch
+        self.inserted = 0  # transitions inserted into all shards, as of the newest reply
         self._in_flight: deque[list] = deque()
         self._episodes: list[np.ndarray] = []  # from requests that yielded no batch
 
@@ -70,5 +71,8 @@ class ReplaySource:
         batch["versions"] = np.concatenate([part["version"] for part in parts])[order].reshape(-1)
         batch["episodes"] = np.concatenate(self._episodes) if self._episodes else np.zeros((0, 4))
         self._episodes = []
-        batch["inserted"] = int(sum(part["inserted"] for part in parts))
+        # Waiting samples of two requests in flight may be served out of order; the count of
+        # inserts (the learner's env frames) must not step back.
+        self.inserted = max(self.inserted, int(sum(part["inserted"] for part in parts)))
+        batch["inserted"] = self.inserted
         return batch
