@@ -1,0 +1,133 @@
+"""The replay service of off-policy training: a `ReplayTable` behind a rate limiter, as asyncio.
+
+Rollout actors `insert` transition chunks, the learner `sample`s task-balanced batches. Both
+sides wait on one condition: an insert while the rate limiter says the actors ran ahead of the
+learner (Reverb's SampleToInsertRatio, replay/rate_limiter.py), a sample until every task holds
+`learning_starts` transitions and while the learner ran ahead. Every call that had to wait is
+counted, so the metrics show which side sets the pace.
+
+Unlike the FIFO queue (replay/service.py) the data itself lives here: a transition is too small
+to be worth an object-store entry, so chunks arrive as arrays and batches leave as arrays.
+Episode statistics ride along with the chunks; each is handed out once, with the next sample.
+
+`ReplayService` is a plain class, unit-testable under asyncio; `ReplayActor` is its Ray wrapper.
+One actor is one shard; replay/sharding.py partitions the tasks and starts them.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Sequence
+
+import numpy as np
+import ray
+
+from replay.rate_limiter import SampleToInsertRatio
+from replay.replay_table import ReplayTable
+
+
+class ReplayService:
+    def __init__(self, table: ReplayTable, limiter: SampleToInsertRatio, learning_starts: int,
+                 seed: int | Sequence[int] = 0):
+        if learning_starts < 1:
+            raise ValueError(f"replay.learning_starts must be >= 1, got {learning_starts}")
+        if learning_starts > table.capacity_per_task:
+            raise ValueError(f"replay.learning_starts: {learning_starts} exceeds replay.capacity_per_task "
+                             f"{table.capacity_per_task}; no task could ever be sampled")
+        self.table = table
+        self.limiter = limiter
+        self.learning_starts = learning_starts
+        self.rng = np.random.default_rng(seed)
+        self._changed = asyncio.Condition()
+        self._episodes: list[np.ndarray] = []
+        self.blocked_inserts = 0
+        self.blocked_samples = 0
+        self.sample_timeouts = 0
+        self.blocked_insert_seconds = 0.0
+
+    async def insert(self, chunk: dict) -> dict:
+        """Store a chunk of transitions (and its ended episodes); waits while the rate limiter
+        holds inserts back. Returns this shard's counters after the insert."""
+        n = self.table.validate(chunk)  # bad input fails before anything waits or is stored
+        episodes = np.asarray(chunk.get("episodes", np.zeros((0, 4))), dtype=np.float64)
+        if episodes.ndim != 2 or episodes.shape[1] != 4:
+            raise ValueError(f"transition chunk: episodes has shape {episodes.shape}, expected [E, 4]")
+        async with self._changed:
+            if not self.limiter.can_insert(n):
+                self.blocked_inserts += 1
+                start = time.monotonic()
+                await self._changed.wait_for(lambda: self.limiter.can_insert(n))
+                self.blocked_insert_seconds += time.monotonic() - start
+            self.table.insert(chunk)
+            self.limiter.insert(n)
+            if len(episodes):
+                self._episodes.append(episodes)
+            if not self.limiter.min_size_reached and self.table.holds_at_least(self.learning_starts):
+                self.limiter.reach_min_size()
+            self._changed.notify_all()
+            return {"inserted": self.limiter.inserted, "size": len(self.table)}
+
+    async def sample(self, batch_per_task: int, timeout: float | None = None) -> dict | None:
+        """`batch_per_task` transitions of each of this shard's tasks ([K_s, n, ...] arrays and
+        `task_ids` [K_s]), plus `episodes` drained since the last sample and `inserted`. Waits
+        up to `timeout` seconds (None: forever) for the minimum size and the rate limiter;
+        None on timeout."""
+        m = batch_per_task * len(self.table.task_ids)
+        async with self._changed:
+            if not self.limiter.can_sample(m):
+                self.blocked_samples += 1
+                try:
+                    await asyncio.wait_for(self._changed.wait_for(lambda: self.limiter.can_sample(m)), timeout)
+                except asyncio.TimeoutError:
+                    self.sample_timeouts += 1
+                    return None
+            batch = self.table.sample(batch_per_task, self.rng)
+            self.limiter.sample(m)
+            batch["episodes"] = (np.concatenate(self._episodes) if self._episodes
+                                 else np.zeros((0, 4), dtype=np.float64))
+            self._episodes = []
+            batch["inserted"] = self.limiter.inserted
+            self._changed.notify_all()
+            return batch
+
+    def stats(self) -> dict[str, float]:
+        out = {
+            "replay/size": float(len(self.table)),
+            "replay/inserted": float(self.limiter.inserted),
+            "replay/sampled": float(self.limiter.sampled),
+            "replay/samples_per_insert": self.limiter.observed_ratio(),
+            "replay/rate_diff": self.limiter.diff(),
+            "replay/blocked_inserts": float(self.blocked_inserts),
+            "replay/blocked_insert_seconds": self.blocked_insert_seconds,
+            "replay/blocked_samples": float(self.blocked_samples),
+            "replay/sample_timeouts": float(self.sample_timeouts),
+        }
+        for task in self.table.task_ids:
+            out[f"replay/size/{task}"] = float(self.table.size(task))
+        return out
+
+
+@ray.remote(num_cpus=0, max_concurrency=1000)
+class ReplayActor:
+    """One shard of the replay service: the tasks `task_ids`, their table and rate limiter."""
+
+    def __init__(self, shard: int, task_ids: Sequence[int], spec, capacity_per_task: int,
+                 learning_starts: int, samples_per_insert: float | None, tolerance: float,
+                 max_insert: int, max_sample: int, seed: int = 0):
+        self.shard = shard
+        self.task_ids = list(task_ids)
+        table = ReplayTable(task_ids, capacity_per_task, spec.obs_shape, spec.obs_dtype, spec.action_dim)
+        limiter = SampleToInsertRatio(samples_per_insert, tolerance, max_insert, max_sample)
+        self.service = ReplayService(table, limiter, learning_starts, seed=[seed, shard])
+
+    def __repr__(self) -> str:
+        return f"ReplayActor(shard={self.shard}, tasks={self.task_ids})"
+
+    async def insert(self, chunk: dict) -> dict:
+        return await self.service.insert(chunk)
+
+    async def sample(self, batch_per_task: int, timeout: float | None = None) -> dict | None:
+        return await self.service.sample(batch_per_task, timeout)
+
+    async def stats(self) -> dict[str, float]:
+        return self.service.stats()
