@@ -180,7 +180,7 @@ class ExperimentConfig(_Section):
                     f"per batch (learner.batch_size / env.envs_per_actor) by one, or inserts deadlock")
         if self.env.kind == "atari" and self.learner.model == "mlp":
             raise ValueError("learner.model: 'mlp' cannot read Atari frames; use 'nature' or 'resnet'")
-        if self.env.kind == "gym" and self.learner.model != "mlp":
+        if self.env.kind == "gym" and self.learner.model in ("nature", "resnet"):
             raise ValueError(f"learner.model: {self.learner.model!r} expects 84x84 frames; use 'mlp' or 'auto' for gym vector observations")
         combiner = self.learner.combiner
         if combiner.name == "olaux" and combiner.options.get("log_losses", True):
@@ -193,6 +193,7 @@ class ExperimentConfig(_Section):
 
     def _check_replay(self) -> None:
         from replay.rate_limiter import check_rate_limit, min_tolerance
+        from replay.sharding import shard_settings
 
         replay = self.replay
         if replay.capacity_per_task < replay.learning_starts:
@@ -201,14 +202,14 @@ class ExperimentConfig(_Section):
         if replay.shards > len(self.env.tasks):
             raise ValueError(f"replay.shards: {replay.shards} shards for {len(self.env.tasks)} tasks "
                              f"would leave a shard without a task")
-        if replay.samples_per_insert is not None:
-            # Per shard: the largest insert is one actor's chunk of all its tasks, the largest
-            # sample the batch rows of the shard's tasks.
-            tasks_per_shard = -(-len(self.env.tasks) // replay.shards)
-            chunk = self.actors.unroll_length * self.env.envs_per_actor * tasks_per_shard
-            batch = self.learner.sac.batch_per_task * tasks_per_shard
-            tolerance = replay.tolerance or min_tolerance(replay.samples_per_insert, chunk, batch)
-            check_rate_limit(replay.samples_per_insert, tolerance, chunk, batch)
+        spi = replay.samples_per_insert
+        if spi is not None:
+            # Per shard: its largest insert (one actor's chunk of the shard's tasks) against its
+            # sample (the batch rows of its tasks); some ratios leave both sides waiting forever.
+            for shard in range(replay.shards):
+                s = shard_settings(self, len(self.env.tasks), shard)
+                tolerance = replay.tolerance or min_tolerance(spi, s["max_insert"], s["max_sample"])
+                check_rate_limit(spi, tolerance, s["max_insert"], s["max_sample"])
 
     @property
     def frames_per_step(self) -> int:
