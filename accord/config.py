@@ -154,6 +154,22 @@ class ExperimentConfig(_Section):
     learner: LearnerConfig = LearnerConfig()
     run: RunConfig = RunConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _benchmark_tasks(cls, tree: Any) -> Any:
+        """Meta-World's MT10/MT50 define their own tasks (in the benchmark's order: task ids)."""
+        env = tree.get("env") if isinstance(tree, dict) else None
+        if not (isinstance(env, dict) and env.get("kind") == "metaworld"
+                and env.get("benchmark") in ("MT10", "MT50")):
+            return tree
+        from envs.metaworld import benchmark_tasks
+
+        tasks = list(benchmark_tasks(env["benchmark"]))
+        if "tasks" in env and list(env["tasks"]) != tasks:
+            raise ValueError(f"env.tasks: {env['benchmark']} defines its own {len(tasks)} tasks; "
+                             f"leave env.tasks out (or use MT1 for one task)")
+        return {**tree, "env": {**env, "tasks": tasks}}
+
     @model_validator(mode="after")
     def _cross_field(self) -> "ExperimentConfig":
         sac = self.learner.algorithm == "sac"
@@ -280,12 +296,9 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Experimen
 
 def _validate_tasks(cfg: ExperimentConfig) -> ExperimentConfig:
     """Check every task exists and return the config with canonical task names (so two
-    spellings of one game are caught as duplicates and metrics use one name); Meta-World's
-    MT10/MT50 name their own tasks."""
+    spellings of one game are caught as duplicates and metrics use one name)."""
     from envs import normalize_task, validate_task
 
-    if cfg.env.benchmark in ("MT10", "MT50"):
-        return _benchmark_tasks(cfg)
     canonical = []
     for i, name in enumerate(cfg.env.tasks):
         try:
@@ -300,18 +313,6 @@ def _validate_tasks(cfg: ExperimentConfig) -> ExperimentConfig:
     # Validated again with the canonical names, so the one duplicate rule sees them.
     tree = cfg.model_dump()
     tree["env"]["tasks"] = canonical
-    return config_from_dict(tree)
-
-
-def _benchmark_tasks(cfg: ExperimentConfig) -> ExperimentConfig:
-    from envs.metaworld import benchmark_tasks
-
-    tasks = benchmark_tasks(cfg.env.benchmark)
-    if "tasks" in cfg.env.model_fields_set and tuple(cfg.env.tasks) != tasks:
-        raise ConfigError(f"env.tasks: {cfg.env.benchmark} defines its own {len(tasks)} tasks; "
-                          f"leave env.tasks out (or use MT1 for one task)")
-    tree = cfg.model_dump()
-    tree["env"]["tasks"] = list(tasks)
     return config_from_dict(tree)
 
 
