@@ -20,6 +20,7 @@ slice (and the combined gradient can be checked against a per-task loop).
 from __future__ import annotations
 
 import copy
+import functools
 import math
 
 import numpy as np
@@ -141,10 +142,10 @@ class SacLearner:
         return terms["critic"], {"loss": terms["critic"].detach(),
                                  "q_mean": 0.5 * (terms["stats/q1"] + terms["stats/q2"])}
 
-    def _actor_task_loss(self, actor, obs, k, noise, alpha):
+    def _actor_task_loss(self, frozen_critic, actor, obs, k, noise, alpha):
         action, log_prob = actor.sample(obs, k, noise)
         # The critics are constants here: detached weights, so no gradient reaches them.
-        q1, q2 = torch.func.functional_call(self.critic, self._frozen_critic, (obs, action, k))
+        q1, q2 = torch.func.functional_call(self.critic, frozen_critic, (obs, action, k))
         terms = actor_loss(log_prob, q1, q2, alpha)
         return terms["actor"], {"loss": terms["actor"].detach(), "log_prob": log_prob.detach()}
 
@@ -181,11 +182,11 @@ class SacLearner:
         self.critic_optimizer.step()
 
         # ---- actor: J_π per task with the updated critics held fixed
-        self._frozen_critic = {name: p.detach() for name, p in self.critic.named_parameters()}
+        frozen_critic = {name: p.detach() for name, p in self.critic.named_parameters()}
         self.actor_optimizer.zero_grad(set_to_none=True)
-        stats, aux = self._actor_split.apply(self.actor_combiner, self._actor_task_loss,
-                                             (b["obs"], k, noise_pi, alpha))
-        del self._frozen_critic
+        stats, aux = self._actor_split.apply(
+            self.actor_combiner, functools.partial(self._actor_task_loss, frozen_critic),
+            (b["obs"], k, noise_pi, alpha))
         log_prob = aux["log_prob"]                                  # [K, n], detached
         metrics.update({f"loss/actor/{t}": float(v) for t, v in zip(self.tasks, aux["loss"])})
         metrics.update({f"sac/entropy/{t}": float(v)
