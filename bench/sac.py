@@ -113,20 +113,20 @@ def _interleaved(learners: dict[str, SacLearner], batch: dict, device: str, repe
 def main(device: str = "cpu", quick: bool = False) -> list[dict]:
     """Print the table and return its rows. `quick`: a smoke run (small nets, few repeats)."""
     hidden, n = ((32, 32), 4) if quick else ((400, 400, 400), 128)
-    repeats, warmup = (1, 0) if quick else ((15, 2) if device.startswith("cuda") else (5, 1))
+    repeats, warmup = (1, 0) if quick else ((15, 2) if device.startswith("cuda") else (3, 1))
     rows = []
+    print(f"SAC update time vs plain SAC (sum) on {device}")
+    print(f"{'case':40} {'method':28} {'ms/update':>10} {'ratio vs sum':>13}", flush=True)
     for suite, K in (("MT10", 10), ("MT50", 50)):
         learners = {c: _learner(K, c, hidden, device) for c in ("sum", "pcgrad", "naive")}
         times = _interleaved(learners, _batch(K, n), device, repeats, warmup)
         case = f"{suite} K={K} obs {OBS}+{K} {'x'.join(map(str, hidden))} {n}/task"
         for name, label in (("sum", "sac (sum)"), ("pcgrad", "sac + pcgrad (task-split)"),
                             ("naive", "sac + naive pcgrad loop")):
-            rows.append({"case": case, "method": label, "ms": 1e3 * times[name],
-                         "ratio": times[name] / times["sum"], "device": device})
-    print(f"SAC update time vs plain SAC (sum) on {device}")
-    print(f"{'case':40} {'method':28} {'ms/update':>10} {'ratio vs sum':>13}")
-    for r in rows:
-        print(f"{r['case']:40} {r['method']:28} {r['ms']:10.1f} {r['ratio']:12.2f}x")
+            row = {"case": case, "method": label, "ms": 1e3 * times[name],
+                   "ratio": times[name] / times["sum"], "device": device}
+            rows.append(row)
+            print(f"{case:40} {label:28} {row['ms']:10.1f} {row['ratio']:12.2f}x", flush=True)
     return rows
 
 

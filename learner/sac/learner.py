@@ -171,7 +171,7 @@ class SacLearner:
             self.critic_combiner, self._critic_task_loss,
             (b["obs"], b["action"], k, b["reward"], b["terminated"], next_q1, next_q2,
              next_log_prob, alpha))
-        metrics.update({f"loss/critic/{t}": float(v) for t, v in zip(self.tasks, aux["loss"])})
+        metrics.update({f"loss/critic/{t}": v for t, v in zip(self.tasks, aux["loss"].tolist())})
         metrics.update({f"combiner/critic/{s}": v for s, v in stats.items()})
         metrics["sac/q_mean"] = float(aux["q_mean"].mean())
         grad_norm = _grad_norm(self.critic.parameters())
@@ -188,9 +188,9 @@ class SacLearner:
             self.actor_combiner, functools.partial(self._actor_task_loss, frozen_critic),
             (b["obs"], k, noise_pi, alpha))
         log_prob = aux["log_prob"]                                  # [K, n], detached
-        metrics.update({f"loss/actor/{t}": float(v) for t, v in zip(self.tasks, aux["loss"])})
-        metrics.update({f"sac/entropy/{t}": float(v)
-                        for t, v in zip(self.tasks, -log_prob.mean(dim=1))})
+        metrics.update({f"loss/actor/{t}": v for t, v in zip(self.tasks, aux["loss"].tolist())})
+        metrics.update({f"sac/entropy/{t}": v
+                        for t, v in zip(self.tasks, (-log_prob.mean(dim=1)).tolist())})
         metrics.update({f"combiner/actor/{s}": v for s, v in stats.items()})
         grad_norm = _grad_norm(self.actor.parameters())
         metrics["learner/grad_norm/actor"] = float(grad_norm)
@@ -202,7 +202,8 @@ class SacLearner:
         # ---- temperature: one α_k per task, each from its own task's log π
         terms = torch.func.vmap(alpha_loss, in_dims=(0, 0, None))(
             self.log_alpha, log_prob, self.target_entropy)
-        metrics.update({f"loss/alpha/{t}": float(v) for t, v in zip(self.tasks, terms["alpha"].detach())})
+        metrics.update({f"loss/alpha/{t}": v
+                        for t, v in zip(self.tasks, terms["alpha"].detach().tolist())})
         self.alpha_optimizer.zero_grad(set_to_none=True)
         terms["alpha"].sum().backward()      # Σ_k: log α_k only sees task k's term
         if not torch.isfinite(self.log_alpha.grad).all():
