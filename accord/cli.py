@@ -2,7 +2,7 @@
 
     accord train CONFIG [--set a.b=v ...] [--address ADDR] [--resume RUN_DIR]
     accord eval CHECKPOINT [--episodes N]
-    accord bench throughput|combiners [...]
+    accord bench throughput|combiners|sac [...]
 
 A bad config prints one line naming the field and exits 2 before Ray or any actor starts.
 """
@@ -110,6 +110,17 @@ def bench_combiners(
     from bench.combiners import main as combiners_main
 
     combiners_main(device=device, quick=quick)
+
+
+@bench_app.command("sac")
+def bench_sac(
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    quick: bool = typer.Option(False, help="Small networks, one repeat: a smoke run."),
+) -> None:
+    """Multi-task SAC update time with PCGrad (and a naive per-task loop) divided by plain SAC."""
+    from bench.sac import main as sac_main
+
+    sac_main(device=device, quick=quick)
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ slice (and the combined gradient can be checked against a per-task loop).
 from __future__ import annotations
 
 import copy
+import functools
 import math
 
 import numpy as np
@@ -141,10 +142,10 @@ class SacLearner:
         return terms["critic"], {"loss": terms["critic"].detach(),
                                  "q_mean": 0.5 * (terms["stats/q1"] + terms["stats/q2"])}
 
-    def _actor_task_loss(self, actor, obs, k, noise, alpha):
+    def _actor_task_loss(self, frozen_critic, actor, obs, k, noise, alpha):
         action, log_prob = actor.sample(obs, k, noise)
         # The critics are constants here: detached weights, so no gradient reaches them.
-        q1, q2 = torch.func.functional_call(self.critic, self._frozen_critic, (obs, action, k))
+        q1, q2 = torch.func.functional_call(self.critic, frozen_critic, (obs, action, k))
         terms = actor_loss(log_prob, q1, q2, alpha)
         return terms["actor"], {"loss": terms["actor"].detach(), "log_prob": log_prob.detach()}
 
@@ -170,7 +171,7 @@ class SacLearner:
             self.critic_combiner, self._critic_task_loss,
             (b["obs"], b["action"], k, b["reward"], b["terminated"], next_q1, next_q2,
              next_log_prob, alpha))
-        metrics.update({f"loss/critic/{t}": float(v) for t, v in zip(self.tasks, aux["loss"])})
+        metrics.update({f"loss/critic/{t}": v for t, v in zip(self.tasks, aux["loss"].tolist())})
         metrics.update({f"combiner/critic/{s}": v for s, v in stats.items()})
         metrics["sac/q_mean"] = float(aux["q_mean"].mean())
         grad_norm = _grad_norm(self.critic.parameters())
@@ -181,15 +182,15 @@ class SacLearner:
         self.critic_optimizer.step()
 
         # ---- actor: J_π per task with the updated critics held fixed
-        self._frozen_critic = {name: p.detach() for name, p in self.critic.named_parameters()}
+        frozen_critic = {name: p.detach() for name, p in self.critic.named_parameters()}
         self.actor_optimizer.zero_grad(set_to_none=True)
-        stats, aux = self._actor_split.apply(self.actor_combiner, self._actor_task_loss,
-                                             (b["obs"], k, noise_pi, alpha))
-        del self._frozen_critic
+        stats, aux = self._actor_split.apply(
+            self.actor_combiner, functools.partial(self._actor_task_loss, frozen_critic),
+            (b["obs"], k, noise_pi, alpha))
         log_prob = aux["log_prob"]                                  # [K, n], detached
-        metrics.update({f"loss/actor/{t}": float(v) for t, v in zip(self.tasks, aux["loss"])})
-        metrics.update({f"sac/entropy/{t}": float(v)
-                        for t, v in zip(self.tasks, -log_prob.mean(dim=1))})
+        metrics.update({f"loss/actor/{t}": v for t, v in zip(self.tasks, aux["loss"].tolist())})
+        metrics.update({f"sac/entropy/{t}": v
+                        for t, v in zip(self.tasks, (-log_prob.mean(dim=1)).tolist())})
         metrics.update({f"combiner/actor/{s}": v for s, v in stats.items()})
         grad_norm = _grad_norm(self.actor.parameters())
         metrics["learner/grad_norm/actor"] = float(grad_norm)
@@ -201,7 +202,8 @@ class SacLearner:
         # ---- temperature: one α_k per task, each from its own task's log π
         terms = torch.func.vmap(alpha_loss, in_dims=(0, 0, None))(
             self.log_alpha, log_prob, self.target_entropy)
-        metrics.update({f"loss/alpha/{t}": float(v) for t, v in zip(self.tasks, terms["alpha"].detach())})
+        metrics.update({f"loss/alpha/{t}": v
+                        for t, v in zip(self.tasks, terms["alpha"].detach().tolist())})
         self.alpha_optimizer.zero_grad(set_to_none=True)
         terms["alpha"].sum().backward()      # Σ_k: log α_k only sees task k's term
         if not torch.isfinite(self.log_alpha.grad).all():

@@ -146,8 +146,10 @@ def _pcgrad_brute_force(grads, orders):
 
 
 @pytest.mark.parametrize("model", ["mtsac", "multihead", "dgrad_a"])
-def test_pcgrad_shared_gradient_and_heads_match_a_per_task_loop(model):
-    learner = _learner(model, "pcgrad", seed=2)
+@pytest.mark.parametrize("combiner", ["sum", "pcgrad"])
+def test_combined_shared_gradient_and_heads_match_a_per_task_loop(model, combiner):
+    """`sum`: Σ_k g_k (MT-SAC); `pcgrad`: Alg. 1 of paper 003 with the combiner's orders."""
+    learner = _learner(model, combiner, seed=2)
     before = copy.deepcopy(learner)
     critic_grads, actor_grads = [], []
     _capture_grads(learner.critic_optimizer, critic_grads)
@@ -156,20 +158,22 @@ def test_pcgrad_shared_gradient_and_heads_match_a_per_task_loop(model):
     noise_next, noise_pi = _noise(9)
     torch.manual_seed(9)
     metrics = learner.update(b)
-    assert metrics["combiner/critic/pcgrad/conflicts"] > 0      # projections were exercised
+    if combiner == "pcgrad":
+        assert metrics["combiner/critic/pcgrad/conflicts"] > 0      # projections were exercised
 
     critic_losses = _reference_critic_losses(before.actor, before.critic, before.critic_target,
                                              b, noise_next)
     actor_losses, _ = _reference_actor_losses(before.actor, learner.critic, b, noise_pi)
     cases = [(before.critic, critic_losses, critic_grads[0], learner.critic_combiner),
              (before.actor, actor_losses, actor_grads[0], learner.actor_combiner)]
-    for net, losses, captured, combiner in cases:
+    for net, losses, captured, instance in cases:
         index = {id(p): i for i, p in enumerate(net.parameters())}
         shared = net.shared_parameters()
         per_task = [flatten(torch.autograd.grad(losses[k], shared, retain_graph=True,
                                                 allow_unused=True), like=shared)
                     for k in range(K)]
-        expected = _pcgrad_brute_force(per_task, combiner.last_orders)
+        expected = (sum(per_task) if combiner == "sum"
+                    else _pcgrad_brute_force(per_task, instance.last_orders))
         got = flatten([captured[index[id(p)]] for p in shared])
         assert torch.allclose(got, expected, rtol=1e-4, atol=1e-6)
         for k, head in enumerate(net.task_parameters()):   # each head: its own task's gradient

@@ -1,0 +1,138 @@
+"""Multi-task SAC update time with PCGrad divided by the plain SAC update (`sum`, the MT-SAC
+baseline), measured side by side in one run (interleaved, after warm-up, median over repeats).
+
+One update is the whole `SacLearner.update`: target, critic step, actor step, α step, Polyak.
+Shapes are Meta-World's (papers 003/004): MT10 (K=10 tasks, obs 39 + 10 one-hot) and MT50
+(K=50, obs 39 + 50), 4-dim actions, 3×400 MLPs, 128 transitions per task.
+
+- `sum`: one backward of Σ_k J_k per network (the combiner's fixed-weight path).
+- `pcgrad`: K per-task gradients on the shared weights from one vmapped pass, then PCGrad.
+- `naive pcgrad loop`: K forward/backward passes per network, then Alg. 1 of paper 003 on
+  flat vectors, one pair at a time (what a straightforward implementation does).
+
+    python -m bench.sac --device cuda        # or: accord bench sac --device cuda
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from accord.config import config_from_dict
+from combiners import flatten, write_grads
+from envs import EnvSpec
+from learner.sac.learner import SacLearner
+
+OBS, ACTION = 39, 4
+
+
+class NaivePCGradSplit:
+    """Drop-in for the learner's task split: a per-task loop and a per-pair projection loop."""
+
+    def __init__(self, model, num_tasks: int, seed: int = 0):
+        self.model, self.K = model, num_tasks
+        self.shared = model.shared_parameters()
+        self.heads = model.task_parameters() or [[] for _ in range(num_tasks)]
+        self.rng = random.Random(seed)
+
+    def apply(self, combiner, loss_fn, batches):
+        grads, auxes = [], []
+        for k in range(self.K):
+            loss, aux = loss_fn(self.model, *(t[k] for t in batches))
+            g = torch.autograd.grad(loss, self.shared + self.heads[k], allow_unused=True,
+                                    materialize_grads=True)
+            write_grads(self.heads[k], flatten(g[len(self.shared):])) if self.heads[k] else None
+            grads.append(flatten(g[:len(self.shared)]))
+            auxes.append({n: v.detach() for n, v in aux.items()})
+        total = torch.zeros_like(grads[0])
+        for i in range(self.K):
+            g_i = grads[i].clone()
+            others = [j for j in range(self.K) if j != i]
+            self.rng.shuffle(others)
+            for j in others:
+                dot = torch.dot(g_i, grads[j])
+                if dot < 0:
+                    g_i -= dot / torch.dot(grads[j], grads[j]) * grads[j]
+            total += g_i
+        write_grads(self.shared, total)
+        return {}, {n: torch.stack([a[n] for a in auxes]) for n in auxes[0]}
+
+
+def _learner(K: int, combiner: str, hidden: tuple[int, ...], device: str) -> SacLearner:
+    cfg = config_from_dict({
+        "env": {"kind": "metaworld", "tasks": [f"task{k}" for k in range(K)]},
+        "actors": {"num_actors": K},
+        "learner": {"model": "mlp", "algorithm": "sac",
+                    "combiner": {"name": "sum" if combiner == "sum" else "pcgrad",
+                                 "options": {} if combiner == "sum" else {"seed": 0}},
+                    "sac": {"model": "mtsac", "hidden": list(hidden)}},
+    })
+    torch.manual_seed(0)
+    learner = SacLearner(cfg, EnvSpec((OBS + K,), np.dtype(np.float32), action_dim=ACTION), device)
+    if combiner == "naive":
+        learner._critic_split = NaivePCGradSplit(learner.critic, K)
+        learner._actor_split = NaivePCGradSplit(learner.actor, K)
+    return learner
+
+
+def _batch(K: int, n: int) -> dict:
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(K, n, OBS + K)).astype(np.float32)
+    obs[..., OBS:] = np.eye(K, dtype=np.float32)[:, None]          # one-hot task id
+    next_obs = obs.copy()
+    next_obs[..., :OBS] = rng.normal(size=(K, n, OBS))
+    return {"obs": obs, "next_obs": next_obs,
+            "action": rng.uniform(-1, 1, (K, n, ACTION)).astype(np.float32),
+            "reward": rng.normal(size=(K, n)).astype(np.float32),
+            "terminated": np.zeros((K, n), bool), "truncated": np.zeros((K, n), bool),
+            "versions": np.zeros(K, np.int64), "episodes": np.zeros((0, 4)), "inserted": 0}
+
+
+def _interleaved(learners: dict[str, SacLearner], batch: dict, device: str, repeats: int,
+                 warmup: int) -> dict[str, float]:
+    """Median seconds per update; the methods take turns and the first mover rotates."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    names = list(learners)
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(warmup + repeats):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            sync()
+            start = time.perf_counter()
+            learners[name].update(batch)
+            sync()
+            if r >= warmup:
+                samples[name].append(time.perf_counter() - start)
+    return {n: statistics.median(ts) for n, ts in samples.items()}
+
+
+def main(device: str = "cpu", quick: bool = False) -> list[dict]:
+    """Print the table and return its rows. `quick`: a smoke run (small nets, few repeats)."""
+    hidden, n = ((32, 32), 4) if quick else ((400, 400, 400), 128)
+    repeats, warmup = (1, 0) if quick else ((15, 2) if device.startswith("cuda") else (3, 1))
+    rows = []
+    print(f"SAC update time vs plain SAC (sum) on {device}")
+    print(f"{'case':40} {'method':28} {'ms/update':>10} {'ratio vs sum':>13}", flush=True)
+    for suite, K in (("MT10", 10), ("MT50", 50)):
+        learners = {c: _learner(K, c, hidden, device) for c in ("sum", "pcgrad", "naive")}
+        times = _interleaved(learners, _batch(K, n), device, repeats, warmup)
+        case = f"{suite} K={K} obs {OBS}+{K} {'x'.join(map(str, hidden))} {n}/task"
+        for name, label in (("sum", "sac (sum)"), ("pcgrad", "sac + pcgrad (task-split)"),
+                            ("naive", "sac + naive pcgrad loop")):
+            row = {"case": case, "method": label, "ms": 1e3 * times[name],
+                   "ratio": times[name] / times["sum"], "device": device}
+            rows.append(row)
+            print(f"{case:40} {label:28} {row['ms']:10.1f} {row['ratio']:12.2f}x", flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    main(args.device, args.quick)
