@@ -75,8 +75,13 @@ def evaluate(
     except (FileNotFoundError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1)
-    for task, (mean, std, n) in results.items():
-        typer.echo(f"{task}: mean return {mean:.2f} ± {std:.2f} over {n} episodes")
+    for task, r in results.items():
+        success = "" if r.success_rate is None else f"; success rate {r.success_rate:.2f}"
+        typer.echo(f"{task}: mean return {r.mean_return:.2f} ± {r.std_return:.2f} over "
+                   f"{r.episodes} episodes{success}")
+    rates = [r.success_rate for r in results.values() if r.success_rate is not None]
+    if len(rates) > 1:
+        typer.echo(f"mean success rate {sum(rates) / len(rates):.2f} over {len(rates)} tasks")
 
 
 @bench_app.command("throughput")

@@ -156,27 +156,60 @@ class ExperimentConfig(_Section):
 
     @model_validator(mode="after")
     def _cross_field(self) -> "ExperimentConfig":
-        unrolls_per_batch = -(-self.learner.batch_size // self.env.envs_per_actor)
-        # The learner waits for a whole batch of unrolls; a queue that cannot hold one batch
-        # plus one in-flight insert would block actors and learner forever.
-        if self.queue.capacity < unrolls_per_batch + 1:
-            raise ValueError(
-                f"queue.capacity: {self.queue.capacity} must exceed the {unrolls_per_batch} unrolls "
-                f"per batch (learner.batch_size / env.envs_per_actor) by one, or inserts deadlock")
+        sac = self.learner.algorithm == "sac"
+        if sac and self.env.kind == "atari":
+            raise ValueError("learner.algorithm: 'sac' needs a Box action space and Atari games have "
+                             "discrete actions; use 'impala'")
+        if not sac and self.env.kind == "metaworld":
+            raise ValueError("learner.algorithm: Meta-World has continuous (Box) actions; use 'sac'")
+        if self.env.kind == "metaworld" and self.env.benchmark is None:
+            raise ValueError("env.benchmark: Meta-World needs one of MT1, MT10, MT50")
+        if self.env.kind != "metaworld" and self.env.benchmark is not None:
+            raise ValueError(f"env.benchmark: only for env.kind 'metaworld', not {self.env.kind!r}")
+        if self.env.benchmark == "MT1" and len(self.env.tasks) != 1:
+            raise ValueError(f"env.tasks: MT1 trains one task, got {len(self.env.tasks)}")
+        if sac:
+            self._check_replay()
+        else:
+            unrolls_per_batch = -(-self.learner.batch_size // self.env.envs_per_actor)
+            # The learner waits for a whole batch of unrolls; a queue that cannot hold one batch
+            # plus one in-flight insert would block actors and learner forever.
+            if self.queue.capacity < unrolls_per_batch + 1:
+                raise ValueError(
+                    f"queue.capacity: {self.queue.capacity} must exceed the {unrolls_per_batch} unrolls "
+                    f"per batch (learner.batch_size / env.envs_per_actor) by one, or inserts deadlock")
         if self.env.kind == "atari" and self.learner.model == "mlp":
             raise ValueError("learner.model: 'mlp' cannot read Atari frames; use 'nature' or 'resnet'")
-        if self.env.kind == "gym" and self.learner.model != "mlp":
-            raise ValueError(f"learner.model: {self.learner.model!r} expects 84x84 frames; use 'mlp' for gym vector observations")
+        if self.env.kind == "gym" and self.learner.model in ("nature", "resnet"):
+            raise ValueError(f"learner.model: {self.learner.model!r} expects 84x84 frames; use 'mlp' or 'auto' for gym vector observations")
         combiner = self.learner.combiner
         if combiner.name == "olaux" and combiner.options.get("log_losses", True):
             # OL-AUX's adaptive loss balancing takes log L_aux; a V-trace task loss can be negative.
             raise ValueError("learner.combiner.options: olaux over task losses needs log_losses: false "
-                             "(V-trace losses can be negative, log L is undefined)")
+                             "(V-trace and SAC actor losses can be negative, log L is undefined)")
         if len(set(self.env.tasks)) != len(self.env.tasks):
             raise ValueError(f"env.tasks: duplicate entries in {self.env.tasks}")
-        if self.actors.num_actors < len(self.env.tasks):
-            raise ValueError(f"actors.num_actors: {self.actors.num_actors} actors cannot cover {len(self.env.tasks)} tasks")
         return self
+
+    def _check_replay(self) -> None:
+        from replay.rate_limiter import check_rate_limit, min_tolerance
+        from replay.sharding import shard_settings
+
+        replay = self.replay
+        if replay.capacity_per_task < replay.learning_starts:
+            raise ValueError(f"replay.capacity_per_task: {replay.capacity_per_task} cannot hold the "
+                             f"{replay.learning_starts} transitions of replay.learning_starts")
+        if replay.shards > len(self.env.tasks):
+            raise ValueError(f"replay.shards: {replay.shards} shards for {len(self.env.tasks)} tasks "
+                             f"would leave a shard without a task")
+        spi = replay.samples_per_insert
+        if spi is not None:
+            # Per shard: its largest insert (one actor's chunk of the shard's tasks) against its
+            # sample (the batch rows of its tasks); some ratios leave both sides waiting forever.
+            for shard in range(replay.shards):
+                s = shard_settings(self, len(self.env.tasks), shard)
+                tolerance = replay.tolerance or min_tolerance(spi, s["max_insert"], s["max_sample"])
+                check_rate_limit(spi, tolerance, s["max_insert"], s["max_sample"])
 
     @property
     def frames_per_step(self) -> int:
@@ -247,9 +280,12 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Experimen
 
 def _validate_tasks(cfg: ExperimentConfig) -> ExperimentConfig:
     """Check every task exists and return the config with canonical task names (so two
-    spellings of one game are caught as duplicates and metrics use one name)."""
+    spellings of one game are caught as duplicates and metrics use one name); Meta-World's
+    MT10/MT50 name their own tasks."""
     from envs import normalize_task, validate_task
 
+    if cfg.env.benchmark in ("MT10", "MT50"):
+        return _benchmark_tasks(cfg)
     canonical = []
     for i, name in enumerate(cfg.env.tasks):
         try:
@@ -257,12 +293,50 @@ def _validate_tasks(cfg: ExperimentConfig) -> ExperimentConfig:
         except ValueError as exc:
             raise ConfigError(f"env.tasks.{i}: {exc}") from None
         canonical.append(normalize_task(cfg.env.kind, name))
+    if cfg.env.kind == "gym":
+        _check_gym_spaces(cfg)
     if tuple(canonical) == cfg.env.tasks:
         return cfg
     # Validated again with the canonical names, so the one duplicate rule sees them.
     tree = cfg.model_dump()
     tree["env"]["tasks"] = canonical
     return config_from_dict(tree)
+
+
+def _benchmark_tasks(cfg: ExperimentConfig) -> ExperimentConfig:
+    from envs.metaworld import benchmark_tasks
+
+    tasks = benchmark_tasks(cfg.env.benchmark)
+    if "tasks" in cfg.env.model_fields_set and tuple(cfg.env.tasks) != tasks:
+        raise ConfigError(f"env.tasks: {cfg.env.benchmark} defines its own {len(tasks)} tasks; "
+                          f"leave env.tasks out (or use MT1 for one task)")
+    tree = cfg.model_dump()
+    tree["env"]["tasks"] = list(tasks)
+    return config_from_dict(tree)
+
+
+def _check_gym_spaces(cfg: ExperimentConfig) -> None:
+    """The algorithm must fit the action space, and one network needs one set of spaces.
+    Classic gymnasium envs are cheap to make, so this is checked before anything starts."""
+    from envs import describe
+
+    specs = []
+    for i, name in enumerate(cfg.env.tasks):
+        try:
+            specs.append(describe("gym", name))
+        except ValueError as exc:
+            raise ConfigError(f"env.tasks.{i}: {exc}") from None
+    spec = specs[0]
+    if cfg.learner.algorithm == "impala" and spec.continuous:
+        raise ConfigError(f"learner.algorithm: {cfg.env.tasks[0]} has a Box action space; "
+                          f"IMPALA here needs Discrete actions, use 'sac'")
+    if cfg.learner.algorithm == "sac" and not spec.continuous:
+        raise ConfigError(f"learner.algorithm: {cfg.env.tasks[0]} has a Discrete action space; "
+                          f"SAC needs a Box action space, use 'impala'")
+    for i, other in enumerate(specs[1:], start=1):
+        if other != spec:
+            raise ConfigError(f"env.tasks.{i}: {cfg.env.tasks[i]} has spaces {other}, unlike "
+                              f"{cfg.env.tasks[0]} ({spec}); one network needs one set of spaces")
 
 
 def to_yaml(cfg: ExperimentConfig) -> str:

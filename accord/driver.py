@@ -20,6 +20,7 @@ from accord.config import ExperimentConfig, to_yaml
 from accord.console import Console
 from accord.loop import RunResult, TrainingLoop
 from accord.metrics import EpisodeTracker, MetricsSink
+from actors.evaluator import EvaluatorActor
 from actors.remote import RolloutActor
 from actors.rollout import env_options
 from envs import EnvSpec, describe
@@ -88,18 +89,37 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, address: str | None = None,
 
 @dataclass
 class Topology:
-    """The running roles of one run: queue service, weight store, learner, rollout actors."""
-    queue: ray.actor.ActorHandle
+    """The running roles of one run: the queue or replay service (its shards), weight store,
+    learner, rollout actors."""
+    service: list
     weight_store: ray.actor.ActorHandle
     learner: ray.actor.ActorHandle
     actors: list
     spec: EnvSpec
+    evaluator: ray.actor.ActorHandle | None = None
+
+    @property
+    def queue(self) -> ray.actor.ActorHandle:
+        """IMPALA's one FIFO queue."""
+        return self.service[0]
 
     def stop(self) -> None:
         refs = [a.stop.remote() for a in self.actors]
         ray.wait(refs, num_returns=len(refs), timeout=10)
-        for handle in [*self.actors, self.learner, self.weight_store, self.queue]:
+        extra = [self.evaluator] if self.evaluator is not None else []
+        for handle in [*self.actors, self.learner, self.weight_store, *self.service, *extra]:
             ray.kill(handle, no_restart=True)
+
+
+def start_service(cfg: ExperimentConfig, spec: EnvSpec, run_id: str) -> tuple[list, list[str]]:
+    """IMPALA: one FIFO queue of unroll references; SAC: the replay table's shards."""
+    if cfg.learner.algorithm == "sac":
+        from replay.sharding import replay_shard_name, start_replay_shards
+
+        shards = start_replay_shards(cfg, spec, run_id)
+        return shards, [replay_shard_name(run_id, s) for s in range(len(shards))]
+    name = f"accord-queue-{run_id}"
+    return [QueueActor.options(name=name).remote("fifo", cfg.queue.capacity)], [name]
 
 
 def start_topology(cfg: ExperimentConfig, run_id: str, checkpoint: str | None = None) -> Topology:
@@ -113,20 +133,21 @@ def start_topology(cfg: ExperimentConfig, run_id: str, checkpoint: str | None = 
     if cpus < cfg.actors.num_actors + 1:
         warnings.warn(f"the cluster has {cpus:.0f} CPUs for {cfg.actors.num_actors} rollout actors "
                       f"and the learner (one each): some actors wait until nodes join")
-    names = {"queue": f"accord-queue-{run_id}", "weights": f"accord-weights-{run_id}"}
-    queue = QueueActor.options(name=names["queue"]).remote("fifo", cfg.queue.capacity)
-    weight_store = WeightStore.options(name=names["weights"]).remote()
+    service, service_names = start_service(cfg, spec, run_id)
+    weights_name = f"accord-weights-{run_id}"
+    weight_store = WeightStore.options(name=weights_name).remote()
     learner = LearnerActor.options(num_gpus=1 if has_gpu else 0, num_cpus=1).remote(
-        cfg, spec, [queue], weight_store)
+        cfg, spec, service, weight_store)
     if checkpoint is not None:
         ray.get(learner.load.remote(checkpoint))
     # Actors wait for these weights, so no experience from unpublished weights is produced.
     ray.get(learner.publish.remote())
     actors = [
         RolloutActor.options(max_restarts=cfg.actors.max_restarts, max_task_retries=0).remote(
-            cfg, i, spec, names["queue"], names["weights"])
+            cfg, i, spec, service_names, weights_name)
         for i in range(cfg.actors.num_actors)]
-    return Topology(queue, weight_store, learner, actors, spec)
+    evaluator = (EvaluatorActor.remote(cfg, spec, weights_name) if cfg.run.eval_every else None)
+    return Topology(service, weight_store, learner, actors, spec, evaluator)
 
 
 def _train(cfg: ExperimentConfig, run_dir: Path, resume: bool, console: Console,
@@ -146,8 +167,9 @@ def _train(cfg: ExperimentConfig, run_dir: Path, resume: bool, console: Console,
     device = ray.get(topo.learner.device_name.remote())
     console.log(f"run directory {run_dir}; learner on {device}; {cfg.actors.num_actors} actors "
                 f"x {cfg.env.envs_per_actor} envs on {', '.join(cfg.env.tasks)}")
-    loop = TrainingLoop(cfg, run_dir, topo.learner, topo.queue, topo.actors, sink, episodes,
-                        console, stop, static_metrics={"checkpoints/corrupt_skipped": corrupt})
+    loop = TrainingLoop(cfg, run_dir, topo.learner, topo.service, topo.actors, sink, episodes,
+                        console, stop, static_metrics={"checkpoints/corrupt_skipped": corrupt},
+                        evaluator=topo.evaluator)
     try:
         return loop.run()
     finally:

@@ -68,15 +68,19 @@ class ActorHealth:
 
 
 class TrainingLoop:
-    def __init__(self, cfg, run_dir, learner, queue, actors, sink, episodes, console, stop,
-                 static_metrics: dict | None = None):
+    def __init__(self, cfg, run_dir, learner, service: list, actors, sink, episodes, console, stop,
+                 static_metrics: dict | None = None, evaluator=None):
         self.cfg, self.run_dir = cfg, Path(run_dir)
-        self.learner, self.queue = learner, queue
+        self.learner, self.service = learner, service
         self.sink, self.episodes, self.console = sink, episodes, console
         self.health = ActorHealth(actors)
         self.stop = stop  # .signal_name is set once SIGINT/SIGTERM arrives
         self.static_metrics = static_metrics or {}  # facts of the start, repeated in every row
         self._silent_since: float | None = None  # when every actor stopped answering
+        self.evaluator = evaluator  # plays the newest policy every run.eval_every updates
+        self._eval_pending = None
+        self._eval_at = 0
+        self._eval_metrics: dict = {}
 
     def run(self) -> RunResult:
         cfg = self.cfg
@@ -106,6 +110,7 @@ class TrainingLoop:
                 if self._reached_stop_return():
                     reason = f"every task reached mean return {cfg.run.stop_return}"
                     break
+                self._poll_eval(counters["updates"])
                 if counters["updates"] - last_ckpt >= cfg.run.checkpoint_every:
                     self._checkpoint()
                     last_ckpt = counters["updates"]
@@ -122,8 +127,11 @@ class TrainingLoop:
         previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             path = self._checkpoint()
+            self._final_eval()
             counters = ray.get(self.learner.counters.remote())
-            if counters["updates"] > last_updates:  # a row only for work not yet logged
+            final_eval = dict(self._eval_metrics)
+            # A row only for work (or an evaluation) not yet logged.
+            if counters["updates"] > last_updates or self._eval_metrics:
                 self._log(counters, chunk_metrics, max(time.monotonic() - last_log, 1e-9),
                           counters["frames"] - last_frames, counters["updates"] - last_updates)
         finally:
@@ -133,9 +141,35 @@ class TrainingLoop:
         returns = {n: self.episodes.mean_return(n) for n in cfg.env.tasks}
         self.console.log(f"{reason}: {counters['updates']} updates, {counters['frames']:,} frames; "
                          f"checkpoint {path}; returns {_fmt_returns(returns)}")
+        if "eval/success_mean" in final_eval:
+            self.console.log(f"evaluation: mean success rate {final_eval['eval/success_mean']:.2f} "
+                             f"over {len(cfg.env.tasks)} tasks")
         if reason.startswith("interrupted"):
             self.console.log(f"resume with: accord train --resume {self.run_dir}")
         return RunResult(self.run_dir, code, reason, counters, returns, path)
+
+    def _poll_eval(self, updates: int) -> None:
+        """Start an evaluation every run.eval_every updates (one at a time); collect a finished one."""
+        if self.evaluator is None or not self.cfg.run.eval_every:
+            return
+        if self._eval_pending is not None and ray.wait([self._eval_pending], timeout=0)[0]:
+            self._eval_metrics.update(ray.get(self._eval_pending))
+            self._eval_pending = None
+        if self._eval_pending is None and updates - self._eval_at >= self.cfg.run.eval_every:
+            self._eval_pending = self.evaluator.evaluate.remote()
+            self._eval_at = updates
+
+    def _final_eval(self) -> None:
+        """The end of a run is evaluated too, so the last row says how well it ended."""
+        if self.evaluator is None or not self.cfg.run.eval_every:
+            return
+        pending = self._eval_pending or self.evaluator.evaluate.remote()
+        self._eval_pending = None
+        ready, _ = ray.wait([pending], timeout=600)
+        if ready:
+            self._eval_metrics.update(ray.get(pending))
+        else:
+            self.console.log("[yellow]the final evaluation did not finish within 600 s; skipped")
 
     def _fleet_dead(self) -> bool:
         """True once every actor has been unreachable for FLEET_DEAD_SECONDS (checked at log
@@ -161,19 +195,36 @@ class TrainingLoop:
 
     def _log(self, counters, chunk_metrics, seconds, frames, updates) -> None:
         self.health.poll()
-        queue_stats = ray.get(self.queue.stats.remote())
+        service_stats = merge_service_stats(ray.get([s.stats.remote() for s in self.service]))
+        eval_metrics, self._eval_metrics = self._eval_metrics, {}  # each evaluation in one row
         row = {
-            **chunk_metrics, **queue_stats, **self.health.metrics(), **self.episodes.metrics(),
+            **chunk_metrics, **service_stats, **self.health.metrics(), **self.episodes.metrics(),
+            **eval_metrics,
             **self.static_metrics,
             "frames": counters["frames"], "updates": counters["updates"],
             "fps": frames / seconds, "updates_per_s": updates / seconds,
         }
         self.sink.write(counters["frames"], row)
         returns = {n: self.episodes.mean_return(n) for n in self.cfg.env.tasks}
+        if "queue/depth" in service_stats:
+            fill = f"queue {service_stats['queue/depth']:.0f}/{service_stats['queue/capacity']:.0f}"
+        else:
+            fill = f"replay {service_stats.get('replay/size', 0):,.0f}"
         self.console.update(counters["frames"], (
-            f"{row['fps']:,.0f} fps | {row['updates_per_s']:.1f} upd/s | queue "
-            f"{queue_stats['queue/depth']:.0f}/{queue_stats['queue/capacity']:.0f} | lag "
+            f"{row['fps']:,.0f} fps | {row['updates_per_s']:.1f} upd/s | {fill} | lag "
             f"{chunk_metrics.get('learner/lag_mean', 0):.1f} | return {_fmt_returns(returns)}"))
+
+
+def merge_service_stats(per_shard: list[dict[str, float]]) -> dict[str, float]:
+    """One row for all shards: counts and sizes add up; a ratio is recomputed from the sums."""
+    merged: dict[str, float] = {}
+    for stats in per_shard:
+        for key, value in stats.items():
+            merged[key] = merged.get(key, 0.0) + value
+    if "replay/samples_per_insert" in merged:
+        merged["replay/samples_per_insert"] = (
+            merged.get("replay/sampled", 0.0) / max(merged.get("replay/inserted", 0.0), 1.0))
+    return merged
 
 
 def _fmt_returns(returns: dict) -> str:

@@ -1,7 +1,10 @@
-"""The rollout actor: a thin Ray wrapper that runs a `RolloutWorker` in a loop.
+"""The rollout actor: a thin Ray wrapper that runs a worker in a loop and inserts what it
+produces into the service: IMPALA unrolls (`RolloutWorker`) into the FIFO queue, SAC
+transition chunks (`TransitionWorker`) into the replay shards that hold their tasks.
 
-Unrolls go to the object store with `ray.put`; this actor owns them, so unrolls still queued
-when it dies are lost: the learner skips and counts them. The loop starts in `__init__`, so
+Unrolls go to the object store with `ray.put` and the queue holds references; this actor owns
+them, so unrolls still queued when it dies are lost: the learner skips and counts them.
+Transition chunks are copied into the replay table, so nothing is lost with the actor. The loop starts in `__init__`, so
 when Ray restarts a dead actor (`max_restarts`) the new incarnation resyncs the newest weights
 and carries on with no call from the driver.
 Pipelining: the next unroll is stepped while the previous insert and the weight-version query
@@ -21,16 +24,48 @@ import ray
 import torch
 
 from actors.rollout import RolloutWorker
+from actors.transitions import TransitionWorker
+
+
+class _QueueInserter:
+    """IMPALA: one unroll reference into the FIFO queue."""
+
+    def __init__(self, names: list[str]):
+        (name,) = names
+        self.queue = ray.get_actor(name)
+
+    def produce(self, worker: RolloutWorker):
+        return ray.put(worker.unroll()), worker.task_id
+
+    def send(self, produced) -> list:
+        ref, task_id = produced
+        return [self.queue.insert.remote([ref], task_id)]
+
+
+class _ReplayInserter:
+    """SAC: a chunk of transitions, split by the shard that holds each task."""
+
+    def __init__(self, names: list[str]):
+        self.shards = [ray.get_actor(n) for n in names]
+
+    def produce(self, worker: TransitionWorker) -> dict:
+        from replay.sharding import split_by_shard
+
+        return split_by_shard(worker.collect(), len(self.shards))
+
+    def send(self, parts: dict) -> list:
+        return [self.shards[s].insert.remote(part) for s, part in parts.items()]
 
 
 @ray.remote(num_cpus=1)
 class RolloutActor:
-    def __init__(self, cfg, actor_index: int, spec, queue_name: str,
+    def __init__(self, cfg, actor_index: int, spec, service_names: list[str],
                  weight_store_name: str):
         torch.set_num_threads(1)  # one actor = one CPU; torch's pool would fight the envs
         # Looked up by name rather than passed as handles: handle arguments live in the object
         # store, and a restart fails if they are gone by then.
-        self.queue = ray.get_actor(queue_name)
+        sac = cfg.learner.algorithm == "sac"
+        self.inserter = (_ReplayInserter if sac else _QueueInserter)(service_names)
         self.weight_store = ray.get_actor(weight_store_name)
         # A fresh id per incarnation lets the driver count restarts.
         self.incarnation = uuid.uuid4().hex
@@ -38,7 +73,7 @@ class RolloutActor:
             warnings.simplefilter("ignore", DeprecationWarning)
             restarted = ray.get_runtime_context().was_current_actor_reconstructed
         reseed = int.from_bytes(os.urandom(4), "little") if restarted else 0
-        self.worker = RolloutWorker(cfg, actor_index, spec, reseed)
+        self.worker = (TransitionWorker if sac else RolloutWorker)(cfg, actor_index, spec, reseed)
         self.unrolls = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="rollout")
@@ -57,13 +92,12 @@ class RolloutActor:
             # Resync on (re)start: no experience from random weights reaches the learner.
             while not self._stop.is_set() and not self._sync_weights(timeout=None):
                 time.sleep(0.05)
-            pending_insert, pending_version = None, None
+            pending_insert, pending_version = [], None
             while not self._stop.is_set():
-                unroll = self.worker.unroll()
-                ref = ray.put(unroll)
-                if pending_insert is not None and not self._wait(pending_insert):
+                produced = self.inserter.produce(self.worker)
+                if not self._wait(pending_insert):
                     return
-                pending_insert = self.queue.insert.remote([ref], self.worker.task_id)
+                pending_insert = self.inserter.send(produced)
                 self.unrolls += 1
                 if pending_version is not None:
                     reply = ray.get(pending_version)
@@ -79,12 +113,13 @@ class RolloutActor:
                   file=sys.stderr, flush=True)
             os._exit(1)
 
-    def _wait(self, ref) -> bool:
-        """Wait for an insert (it blocks while the queue is full); False if asked to stop."""
-        while not ray.wait([ref], timeout=0.5)[0]:
+    def _wait(self, refs: list) -> bool:
+        """Wait for the previous inserts (they block while the service is full or the rate
+        limiter holds them back); False if asked to stop."""
+        while refs and len(ray.wait(refs, num_returns=len(refs), timeout=0.5)[0]) < len(refs):
             if self._stop.is_set():
                 return False
-        ray.get(ref)
+        ray.get(refs)
         return True
 
     def stats(self) -> dict:

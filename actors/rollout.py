@@ -1,4 +1,5 @@
-"""Rollout worker: M environments of one task and a CPU copy of the policy, cut into unrolls.
+"""Rollout worker: M environments of each of its tasks and a CPU copy of the policy, cut into
+unrolls for IMPALA.
 
 An unroll is a dict of numpy arrays, time-major like the V-trace learner wants:
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from envs import make_vec_env
+from envs import make_multitask_vec_env, make_vec_env
 from models.actor_critic import build_model
 
 
@@ -28,20 +29,17 @@ class RolloutWorker:
         self.cfg = cfg
         self.actor_index = actor_index
         tasks = cfg.env.tasks
-        self.task_id = actor_index % len(tasks)
+        seed = actor_seed(cfg, actor_index, reseed)
+        self.env = make_actor_env(cfg, actor_index, seed)
+        self.task_id = int(self.env.task_ids[0])
         self.task_name = tasks[self.task_id]
-        # `reseed` differs for a restarted actor, so it does not replay its first episodes.
-        seed = (cfg.run.seed * 100_003 + actor_index + reseed * 7_919) % 2**31
-        self.env = make_vec_env(
-            cfg.env.kind, self.task_name, self.task_id, cfg.env.envs_per_actor, seed,
-            **env_options(cfg))
         self.model = build_model(cfg.learner.model, spec.obs_shape, spec.num_actions, len(tasks),
                                  cfg.learner.per_task_heads)
         self.model.eval()
         self.version = -1
         self.generator = torch.Generator().manual_seed(seed)
         self.obs = self.env.reset(seed=seed)
-        self._task_ids = torch.full((self.env.num_envs,), self.task_id, dtype=torch.int64)
+        self._task_ids = torch.as_tensor(self.env.task_ids, dtype=torch.int64)
         self.steps = 0
 
     def set_weights(self, version: int, weights: dict[str, np.ndarray]) -> None:
@@ -90,10 +88,40 @@ def episode_row(episode) -> tuple[float, float, float, float]:
     return (episode.task_id, episode.score, episode.length, success)
 
 
+def actor_task_ids(num_tasks: int, num_actors: int, actor_index: int) -> list[int]:
+    """The tasks one actor steps: task i mod K with at least as many actors as tasks (several
+    actors share a task), else every task k with k mod N == i (each actor holds several)."""
+    if num_actors >= num_tasks:
+        return [actor_index % num_tasks]
+    return list(range(actor_index, num_tasks, num_actors))
+
+
+def actor_seed(cfg, actor_index: int, reseed: int = 0) -> int:
+    # `reseed` differs for a restarted actor, so it does not replay its first episodes.
+    return (cfg.run.seed * 100_003 + actor_index + reseed * 7_919) % 2**31
+
+
+def make_actor_env(cfg, actor_index: int, seed: int):
+    """`env.envs_per_actor` envs of each of the actor's tasks, as one vector env."""
+    task_ids = actor_task_ids(len(cfg.env.tasks), cfg.actors.num_actors, actor_index)
+    names = [cfg.env.tasks[k] for k in task_ids]
+    if len(task_ids) == 1:
+        return make_vec_env(cfg.env.kind, names[0], task_ids[0], cfg.env.envs_per_actor, seed,
+                            **env_options(cfg))
+    return make_multitask_vec_env(cfg.env.kind, names, task_ids, cfg.env.envs_per_actor, seed,
+                                  **env_options(cfg))
+
+
 def env_options(cfg) -> dict:
     """The options `make_vec_env` / `describe` take for this config."""
     if cfg.env.kind == "atari":
         return {"full_action_space": cfg.env.full_action_space, "sticky_actions": cfg.env.sticky_actions,
                 "clip_rewards": cfg.env.clip_rewards, "max_episode_frames": cfg.env.max_episode_frames}
-    return {}
+    # SAC's one network tells tasks apart by the one-hot id in the observation (MT-SAC);
+    # Meta-World's MT10/MT50 append it whatever the algorithm, as the benchmark defines them.
+    one_hot = len(cfg.env.tasks) if (len(cfg.env.tasks) > 1 and (
+        cfg.learner.algorithm == "sac" or cfg.env.kind == "metaworld")) else 0
+    if cfg.env.kind == "metaworld":
+        return {"benchmark": cfg.env.benchmark, "task_one_hot": one_hot}
+    return {"task_one_hot": one_hot} if one_hot else {}
 

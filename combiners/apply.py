@@ -91,6 +91,13 @@ def _apply_fixed(combiner: Combiner, w: torch.Tensor, names, L: torch.Tensor,
     return combiner.record_fixed(L.detach(), names)
 
 
+def _detached(aux) -> dict[str, torch.Tensor]:
+    if not isinstance(aux, Mapping):
+        raise ValueError(f"with has_aux, loss_fn must return (loss, dict of tensors); "
+                         f"got aux of type {type(aux).__name__}")
+    return {k: v.detach() for k, v in aux.items()}
+
+
 def _write_rows(G_all: torch.Tensor, P: int, heads) -> None:
     """Row k's head columns (after the P shared ones) into term k's task parameters."""
     offset = P
@@ -137,12 +144,14 @@ def apply_task_split(combiner: Combiner, model: nn.Module, loss_fn: Callable[...
                      task_params: Mapping[str, Sequence[str]] | Sequence[Sequence[str]]
                      | None = None, *, names: Sequence[str] | None = None,
                      layout: Layout | None = None, randomness: str = "error",
-                     chunk_size: int | None = None) -> Stats:
+                     chunk_size: int | None = None, has_aux: bool = False):
     """`apply_combined` for task-split batches: task k's loss `loss_fn(model, *batch_k)` uses
     only its own slice `task_batches[..][k]`, so G comes from one vmapped pass.
 
     Parameters are named as in `model.named_parameters()`; `task_params` gives per term (by
-    index, or by name when `names` is given) the names only that task trains.
+    index, or by name when `names` is given) the names only that task trains. With `has_aux`,
+    `loss_fn` returns `(loss, aux)` with aux a dict of tensors (values the caller needs from
+    the same forward pass) and the result is `(stats, aux)`, aux detached, stacked over tasks.
     """
     _, K = check_task_batches(task_batches)
     names = [f"task{k}" for k in range(K)] if names is None else list(names)
@@ -159,14 +168,18 @@ def apply_task_split(combiner: Combiner, model: nn.Module, loss_fn: Callable[...
     _check_disjoint(shared_params, heads)
     w = combiner.fixed_weights(K)
     if w is not None:
-        L = task_split_losses(model, loss_fn, task_batches, randomness=randomness)
-        return _apply_fixed(combiner, w, names, L, shared_params, heads, retain_graph=False)
-    G_all, L = task_split_gradients(model, loss_fn, task_batches,
-                                    list(shared) + [n for ps in head_names for n in ps],
-                                    randomness=randomness, chunk_size=chunk_size)
+        out = task_split_losses(model, loss_fn, task_batches, randomness=randomness,
+                                has_aux=has_aux)
+        L, aux = out if has_aux else (out, None)
+        stats = _apply_fixed(combiner, w, names, L, shared_params, heads, retain_graph=False)
+        return (stats, _detached(aux)) if has_aux else stats
+    out = task_split_gradients(model, loss_fn, task_batches,
+                               list(shared) + [n for ps in head_names for n in ps],
+                               randomness=randomness, chunk_size=chunk_size, has_aux=has_aux)
+    G_all, L, aux = out if has_aux else (*out, None)
     P = sum(p.numel() for p in shared_params)
     layout = auto_layout if layout is None else layout
     g, stats = combiner.combine(G_all[:, :P], L, layout, names=names)
     write_grads(shared_params, g)
     _write_rows(G_all, P, heads)
-    return stats
+    return (stats, _detached(aux)) if has_aux else stats

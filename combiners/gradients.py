@@ -141,11 +141,12 @@ def check_task_batches(task_batches) -> tuple[tuple[torch.Tensor, ...], int]:
 
 
 def task_split_losses(model: nn.Module, loss_fn: Callable[..., torch.Tensor], task_batches,
-                      randomness: str = "error") -> torch.Tensor:
+                      randomness: str = "error", has_aux: bool = False):
     """Per-task losses [K] of task-split batches, differentiable w.r.t. the model as usual.
 
     `task_batches` is a tensor or tuple of tensors with the task axis first: `[K, n, ...]`;
-    `loss_fn(model, *batch_k)` returns task k's scalar loss from its own slice.
+    `loss_fn(model, *batch_k)` returns task k's scalar loss from its own slice. With `has_aux`
+    it returns `(loss, aux)` and so does this function, aux stacked over tasks.
     """
     batch, _ = check_task_batches(task_batches)
     wrapper = _LossModule(model, loss_fn)
@@ -156,12 +157,13 @@ def task_split_losses(model: nn.Module, loss_fn: Callable[..., torch.Tensor], ta
 
 def task_split_gradients(model: nn.Module, loss_fn: Callable[..., torch.Tensor], task_batches,
                          params: Sequence[str], randomness: str = "error",
-                         chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                         chunk_size: int | None = None, has_aux: bool = False):
     """G[K, P] over the named parameters `params` (in order) and the losses [K], for losses
     where task k depends only on its own slice of `task_batches` (task axis first).
 
     `vmap` over the task axis of `grad(loss_fn)`: one batched pass instead of K backward
-    passes. Parameters not named are held fixed (no graph is built for them).
+    passes. Parameters not named are held fixed (no graph is built for them). With `has_aux`,
+    `loss_fn` returns `(loss, aux)` and the result is `(G, losses, aux)`, aux stacked over tasks.
     """
     batch, K = check_task_batches(task_batches)
     named = dict(model.named_parameters())
@@ -177,8 +179,11 @@ def task_split_gradients(model: nn.Module, loss_fn: Callable[..., torch.Tensor],
         full.update({f"model.{n}": t for n, t in theta.items()})
         return torch.func.functional_call(wrapper, full, batch_k)
 
-    grad_fn = torch.func.grad_and_value(task_loss)
-    grads, losses = torch.func.vmap(grad_fn, in_dims=(None,) + (0,) * len(batch),
-                                    randomness=randomness, chunk_size=chunk_size)(varying, *batch)
+    grad_fn = torch.func.grad_and_value(task_loss, has_aux=has_aux)
+    grads, value = torch.func.vmap(grad_fn, in_dims=(None,) + (0,) * len(batch),
+                                   randomness=randomness, chunk_size=chunk_size)(varying, *batch)
     G = torch.cat([grads[n].reshape(K, -1) for n in params], dim=1)
-    return G, losses.detach()
+    if has_aux:
+        losses, aux = value
+        return G, losses.detach(), aux
+    return G, value.detach()

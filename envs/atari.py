@@ -21,7 +21,7 @@ from ale_py import roms
 from ale_py.vector_env import AtariVectorEnv as _ALEVectorEnv
 from gymnasium.vector import AutoresetMode
 
-from .base import TrackedVecEnv
+from .base import RawStep, TrackedVecEnv
 from .spec import EnvSpec
 
 OBSERVATION_SHAPE = (4, 84, 84)  # [stack, height, width], channel-first as ALE returns it
@@ -77,10 +77,11 @@ class AtariVecEnv(TrackedVecEnv):
         max_episode_frames: truncate episodes after this many emulator frames
             (frameskip 4, so an episode has at most max_episode_frames / 4 agent steps).
         noop_max: up to this many random no-ops at reset.
+        task_one_hot: accepted for a uniform signature; must stay 0 (image observations).
     """
 
     observation_dtype = np.dtype(np.uint8)
-    observation_shape = OBSERVATION_SHAPE
+    keeps_final_obs = False  # image stacks: copying them every step is not worth it for IMPALA
 
     def __init__(
         self,
@@ -95,6 +96,7 @@ class AtariVecEnv(TrackedVecEnv):
         sticky_actions: float = 0.25,
         max_episode_frames: int = 108_000,
         noop_max: int = 30,
+        task_one_hot: int = 0,
     ) -> None:
         if not 0.0 <= sticky_actions <= 1.0:
             raise ValueError(f"sticky_actions must be a probability in [0, 1], got {sticky_actions}")
@@ -102,7 +104,8 @@ class AtariVecEnv(TrackedVecEnv):
             raise ValueError(f"max_episode_frames must be >= 1, got {max_episode_frames}")
         if num_threads < 0:
             raise ValueError(f"num_threads must be >= 0 (0: one per core), got {num_threads}")
-        super().__init__(normalize_task(task_name), task_id, num_envs, seed)
+        super().__init__(normalize_task(task_name), task_id, num_envs, seed, task_one_hot)
+        self._set_observation_shape(OBSERVATION_SHAPE)  # raises if a one-hot is asked for
         self.full_action_space = full_action_space
         self.num_threads = num_threads
         self.clip_rewards = clip_rewards
@@ -132,7 +135,7 @@ class AtariVecEnv(TrackedVecEnv):
 
     def _step_raw(self, actions):
         obs, rewards, terminated, truncated, _ = self._env.step(actions)
-        return obs, rewards, terminated, truncated
+        return RawStep(obs, rewards, terminated, truncated)
 
 
 def make_vec_env(task_name: str, task_id: int, num_envs: int, seed: int, **options) -> AtariVecEnv:

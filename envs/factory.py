@@ -12,12 +12,15 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+import numpy as np
+
 from .base import VecEnv
 from .spec import EnvSpec
 
 KINDS: dict[str, str] = {
     "atari": ".atari",  # relative to this package; an absolute module path works too
     "gym": ".gym_vector",
+    "metaworld": ".metaworld",
 }
 
 
@@ -32,10 +35,21 @@ def make_vec_env(kind: str, task_name: str, task_id: int, num_envs: int, seed: i
     return _kind_module(kind).make_vec_env(task_name, task_id, num_envs, seed, **options)
 
 
-def describe(kind: str, task_name: str, **options) -> EnvSpec:
+def describe(kind: str, task_name: str, *, task_one_hot: int = 0, **options) -> EnvSpec:
     """The task's spaces, for sizing a model before any actor starts. May create and close
-    one env; never steps it."""
-    return _kind_module(kind).describe(task_name, **options)
+    one env; never steps it. With ``task_one_hot=K`` the observation is K entries longer, as
+    the envs made with that option return it."""
+    spec = _kind_module(kind).describe(task_name, **options)
+    if task_one_hot < 0:
+        raise ValueError(f"task_one_hot must be >= 0 (0: off), got {task_one_hot}")
+    if not task_one_hot:
+        return spec
+    if len(spec.obs_shape) != 1:
+        raise ValueError(
+            f"task {task_name!r}: task_one_hot needs vector observations, got shape {spec.obs_shape}"
+        )
+    return EnvSpec((spec.obs_shape[0] + task_one_hot,), np.dtype(np.float32),
+                   num_actions=spec.num_actions, action_dim=spec.action_dim)
 
 
 def validate_task(kind: str, task_name: str) -> None:

@@ -117,3 +117,10 @@ def build_source(cfg, service: list) -> BatchSource:
         from learner.sac.source import ReplaySource
         return ReplaySource(service, cfg)
     raise ValueError(f"unknown learner.algorithm {cfg.learner.algorithm!r}")
+
+
+def policy_weights(cfg, state: dict) -> dict:
+    """The weights rollout actors run (`Algorithm.actor_weights()`), from a checkpoint's state."""
+    if cfg.learner.algorithm == "sac":
+        return state["actor"]
+    return state["model"]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import numpy as np
 
 from replay.rate_limiter import check_rate_limit, min_tolerance
-from replay.replay_service import ReplayActor
 
 
 def shard_of_task(task_id: int, num_shards: int) -> int:
@@ -68,9 +67,16 @@ def shard_settings(cfg, num_tasks: int, shard: int) -> dict:
             "max_sample": cfg.learner.sac.batch_per_task * len(tasks)}
 
 
+def replay_shard_name(run_id: str, shard: int) -> str:
+    """The Ray actor name of one shard; rollout actors look shards up by it."""
+    return f"accord-replay-{run_id}-{shard}"
+
+
 def start_replay_shards(cfg, spec, run_id: str) -> list:
     """Create the replay actors `accord-replay-<run_id>-<s>`, one per shard; the handles are in
     shard order. Settings that could deadlock raise ValueError before any actor starts."""
+    from replay.replay_service import ReplayActor  # Ray only here: config checks import this module
+
     num_tasks = len(cfg.env.tasks)
     if cfg.replay.learning_starts > cfg.replay.capacity_per_task:
         raise ValueError(f"replay.learning_starts: {cfg.replay.learning_starts} exceeds "
@@ -82,7 +88,7 @@ def start_replay_shards(cfg, spec, run_id: str) -> list:
             check_rate_limit(spi, tolerance or min_tolerance(spi, s["max_insert"], s["max_sample"]),
                              s["max_insert"], s["max_sample"])
     return [
-        ReplayActor.options(name=f"accord-replay-{run_id}-{shard}").remote(
+        ReplayActor.options(name=replay_shard_name(run_id, shard)).remote(
             shard, s["task_ids"], spec, cfg.replay.capacity_per_task, cfg.replay.learning_starts,
             spi, tolerance, s["max_insert"], s["max_sample"], cfg.run.seed)
         for shard, s in enumerate(settings)]

@@ -132,9 +132,14 @@ def test_several_errors_are_joined_on_one_line():
 @pytest.mark.parametrize("tree, field", [
     ({"queue": {"capacity": 4}, "learner": {"batch_size": 32}, "env": {"envs_per_actor": 8}}, "queue.capacity"),
     ({"env": {"tasks": ["pong", "pong"]}}, "env.tasks"),
-    ({"env": {"tasks": ["pong", "breakout"]}, "actors": {"num_actors": 1}}, "actors.num_actors"),
     ({"learner": {"model": "mlp"}}, "learner.model"),
-    ({"env": {"kind": "gym", "tasks": ["CartPole-v1"]}}, "learner.model"),
+    ({"env": {"kind": "gym", "tasks": ["CartPole-v1"]}, "learner": {"model": "nature"}}, "learner.model"),
+    ({"learner": {"algorithm": "sac"}}, "learner.algorithm"),
+    ({"env": {"kind": "metaworld", "benchmark": "MT10"}}, "learner.algorithm"),
+    ({"env": {"kind": "metaworld", "tasks": ["reach-v3"]}, "learner": {"algorithm": "sac"}}, "env.benchmark"),
+    ({"env": {"kind": "metaworld", "benchmark": "MT1", "tasks": ["reach-v3", "push-v3"]},
+      "learner": {"algorithm": "sac"}}, "env.tasks"),
+    ({"env": {"benchmark": "MT10"}}, "env.benchmark"),
 ])
 def test_cross_field_invariants(tree, field):
     with pytest.raises(ConfigError, match=rf"^{field}: "):

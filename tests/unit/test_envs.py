@@ -120,11 +120,19 @@ def test_cartpole_episodes_and_same_step_autoreset():
     assert all(np.abs(o).max() <= 0.05 for o in done_obs)
 
 
-def test_gym_rejects_non_discrete_actions():
-    with pytest.raises(ValueError, match="Discrete"):
-        envs.make_vec_env("gym", "Pendulum-v1", 0, 2, seed=0)
-    with pytest.raises(ValueError, match="Discrete"):
-        envs.describe("gym", "Pendulum-v1")
+class _MultiDiscreteEnv(gym.Env):
+    observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = gym.spaces.MultiDiscrete([2, 3])
+
+
+gym.register("AccordMultiDiscrete-v0", entry_point=_MultiDiscreteEnv)
+
+
+def test_gym_rejects_unsupported_action_spaces():
+    with pytest.raises(ValueError, match="AccordMultiDiscrete-v0.*Discrete and flat Box"):
+        envs.make_vec_env("gym", "AccordMultiDiscrete-v0", 0, 2, seed=0)
+    with pytest.raises(ValueError, match="AccordMultiDiscrete-v0.*Discrete and flat Box"):
+        envs.describe("gym", "AccordMultiDiscrete-v0")
 
 
 def test_caller_mistakes_raise_instead_of_counting_as_env_errors():
