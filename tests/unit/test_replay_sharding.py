@@ -72,13 +72,20 @@ class NoActors:
 
 
 def test_start_replay_shards_refuses_deadlock_prone_settings_before_starting_any(monkeypatch):
-    monkeypatch.setattr("replay.sharding.ReplayActor", NoActors)
+    monkeypatch.setattr("replay.replay_service.ReplayActor", NoActors)
     spec = EnvSpec(obs_shape=OBS_SHAPE, obs_dtype=np.float32, action_dim=ACTION_DIM)
+    cfg = sac_config(samples_per_insert=4.0, tolerance=26.0)
+
+    def replay_set(**fields):  # past the config's own validation, to reach these checks
+        return cfg.model_copy(update={"replay": cfg.replay.model_copy(update=fields)})
+
     # inserts of 10, samples of 12 per shard, SPI 4: the buffer must be (40 + 12) / 2 = 26
     with pytest.raises(ValueError, match=r"replay\.tolerance: 25 can deadlock.* = 26"):
-        start_replay_shards(sac_config(samples_per_insert=4.0, tolerance=25.0), spec, "x")
+        start_replay_shards(replay_set(tolerance=25.0), spec, "x")
     with pytest.raises(ValueError, match=r"replay\.learning_starts: 60 exceeds"):
-        start_replay_shards(sac_config(learning_starts=60), spec, "x")
+        start_replay_shards(replay_set(learning_starts=60), spec, "x")
+    with pytest.raises(AssertionError, match="started a replay actor"):  # 26 is enough
+        start_replay_shards(cfg, spec, "x")
 
 
 class FakeShard:
