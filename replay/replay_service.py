@@ -97,6 +97,7 @@ class ReplayService:
             "replay/sampled": float(self.limiter.sampled),
             "replay/samples_per_insert": self.limiter.observed_ratio(),
             "replay/rate_diff": self.limiter.diff(),
+            "replay/tolerance": self.limiter.tolerance,
             "replay/blocked_inserts": float(self.blocked_inserts),
             "replay/blocked_insert_seconds": self.blocked_insert_seconds,
             "replay/blocked_samples": float(self.blocked_samples),

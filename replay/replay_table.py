@@ -99,6 +99,10 @@ class ReplayTable:
         ring = self._rings.get(task)
         return 0 if ring is None else ring.size
 
+    @property
+    def capacity(self) -> int:
+        return self.capacity_per_task * len(self.task_ids)
+
     def __len__(self) -> int:
         return sum(ring.size for ring in self._rings.values())
 

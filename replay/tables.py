@@ -2,8 +2,9 @@
 
 A table holds opaque items (here: references to unrolls in Ray's object store) and knows
 nothing of Ray. `FifoTable` is the on-policy queue of IMPALA: bounded, first in first out, each
-item consumed once. A replay table (uniform or per-task balanced sampling, items reused) and
-other storage backends implement the same `Table` protocol.
+item consumed once. Other storage backends of opaque items implement the same `Table` protocol;
+the replay table of off-policy training (replay/replay_table.py) follows its shape but holds
+the transitions' arrays themselves and samples them per task.
 """
 from __future__ import annotations
 

@@ -37,7 +37,7 @@ def produce(run_id: str, producer: int, tasks: list[int], num_shards: int) -> in
 
 
 def test_sharded_replay_serves_balanced_real_rows_at_the_set_ratio(local_ray):
-    cfg = sac_config(tasks=NUM_TASKS, shards=2, actors=NUM_TASKS, samples_per_insert=2.0, prefetch=2)
+    cfg = sac_config(tasks=NUM_TASKS, shards=2, actors=NUM_TASKS, samples_per_insert=8.0, prefetch=2)
     spec = EnvSpec(obs_shape=OBS_SHAPE, obs_dtype=np.float32, action_dim=ACTION_DIM)
     shards = start_replay_shards(cfg, spec, run_id="itest")
     assert [ray.get_actor(f"accord-replay-itest-{s}") for s in (0, 1)]  # named, found by name
@@ -72,9 +72,11 @@ def test_sharded_replay_serves_balanced_real_rows_at_the_set_ratio(local_ray):
         assert st["replay/inserted"] == 2 * CHUNKS * ROWS_PER_TASK
         assert {k for k in st if k.startswith("replay/size/")} == {f"replay/size/{t}" for t in (shard, shard + 2)}
         assert st["replay/size"] == 2 * 50  # both rings full and wrapped
-        # Reverb's bound: |inserted * SPI - sampled| within the buffer, (10 * 2 + 12) / 2 = 16
-        assert abs(st["replay/rate_diff"]) <= 16.0
-        # so over the 700+ inserts since sampling began the observed ratio is 2 within 16/700
-        assert abs(st["replay/samples_per_insert"] - 2.0) < 0.05
+        # Reverb's bound: |inserted * SPI - sampled| within the buffer, (10 * 8 + 12) / 2 = 46
+        assert abs(st["replay/rate_diff"]) <= 46.0
+        # so the observed ratio is 8 within 46 over the (hundreds of) inserts since sampling began
+        assert abs(st["replay/samples_per_insert"] - 8.0) < 0.5
+        # 80 samples per 10-row insert: the learner sets the pace and the producers had to wait
+        assert st["replay/blocked_inserts"] > 0
     for handle in shards:
         ray.kill(handle)

@@ -135,6 +135,7 @@ def test_stats_and_bad_input():
     assert stats["replay/size"] == 7 and stats["replay/inserted"] == 7
     assert stats["replay/size/0"] == 3 and stats["replay/size/2"] == 4
     assert stats["replay/sampled"] == 2
+    assert stats["replay/tolerance"] == (8 * 0.5 + 8) / 2  # tolerance 0 picked the bound
     # 1 insert after the minimum size (6 inserted then) and 2 sampled: 2 per insert
     assert stats["replay/samples_per_insert"] == 2.0
     assert stats["replay/blocked_inserts"] == 0 and stats["replay/blocked_samples"] == 0

@@ -13,7 +13,9 @@ from learner.sac.source import ReplaySource
 from replay.rate_limiter import SampleToInsertRatio
 from replay.replay_service import ReplayService
 from replay.replay_table import ReplayTable
-from replay.sharding import shard_of_task, shard_settings, split_by_shard, tasks_of_shard
+from envs.spec import EnvSpec
+from replay.sharding import (shard_of_task, shard_settings, split_by_shard, start_replay_shards,
+                             tasks_of_shard)
 from tests.unit.transitions import ACTION_DIM, OBS_SHAPE, row_ids_checked, transition_chunk
 
 
@@ -59,6 +61,31 @@ def test_shard_settings_size_the_rate_limiter():
     assert shard_settings(two_actors, 4, 0)["max_insert"] == 5 * 2 * 2  # one actor: tasks 0, 2
     with pytest.raises(ValueError, match="replay.shards: 5 shards for 4 tasks"):
         shard_settings(sac_config(tasks=4, shards=5), 4, 4)
+
+
+class NoActors:
+    """Stands in for ReplayActor: these settings must be refused before any actor (or Ray) starts."""
+
+    @staticmethod
+    def options(**_):
+        raise AssertionError("start_replay_shards started a replay actor with settings that deadlock")
+
+
+def test_start_replay_shards_refuses_deadlock_prone_settings_before_starting_any(monkeypatch):
+    monkeypatch.setattr("replay.replay_service.ReplayActor", NoActors)
+    spec = EnvSpec(obs_shape=OBS_SHAPE, obs_dtype=np.float32, action_dim=ACTION_DIM)
+    cfg = sac_config(samples_per_insert=4.0, tolerance=26.0)
+
+    def replay_set(**fields):  # past the config's own validation, to reach these checks
+        return cfg.model_copy(update={"replay": cfg.replay.model_copy(update=fields)})
+
+    # inserts of 10, samples of 12 per shard, SPI 4: the buffer must be (40 + 12) / 2 = 26
+    with pytest.raises(ValueError, match=r"replay\.tolerance: 25 can deadlock.* = 26"):
+        start_replay_shards(replay_set(tolerance=25.0), spec, "x")
+    with pytest.raises(ValueError, match=r"replay\.learning_starts: 60 exceeds"):
+        start_replay_shards(replay_set(learning_starts=60), spec, "x")
+    with pytest.raises(AssertionError, match="started a replay actor"):  # 26 is enough
+        start_replay_shards(cfg, spec, "x")
 
 
 class FakeShard:
