@@ -139,6 +139,16 @@ class RunConfig(_Section):
     max_seconds: float = Field(0.0, ge=0, description="Also stop after this wall time; 0 means no limit.")
     stop_return: float | None = Field(None, description="Also stop once every task's mean return (last 100 episodes) reaches this.")
     checkpoint_every: int = Field(500, ge=1, description="Updates between checkpoints.")
+    checkpoint_every_seconds: float = Field(
+        300.0, gt=0, description="Also checkpoint once this much wall time has passed since the last "
+                                 "one, so a SIGKILL, an OOM kill or a lost node loses at most this "
+                                 "much however slow the updates are.")
+    checkpoint_failure_tolerance_seconds: float = Field(
+        900.0, ge=0, description="Train on while checkpoints fail to write (disk full, directory "
+                                 "gone, no permission) for up to this long, each failure counted "
+                                 "and reported and the previous checkpoints kept; past it the run "
+                                 "stops with exit code 1. Checked at each attempt; 0 stops at the "
+                                 "first failed write.")
     keep_checkpoints: int = Field(3, ge=1, description="Checkpoints kept on disk.")
     log_every: float = Field(5.0, gt=0, description="Seconds between metric rows.")
     progress: bool = Field(True, description="Live progress display on the console.")

@@ -1,14 +1,19 @@
 """The one place that wires the topology: Ray, the queue service, the learner, the weight
 store and the rollout actors; then the loop that trains, logs, checkpoints and stops.
 
-Stopping: the run ends at `run.total_frames` (or `run.max_seconds`); Ctrl-C (SIGINT) or SIGTERM
-(what `ray job stop` sends) finishes the current learner chunk, writes a checkpoint and exits
-cleanly, so `accord train --resume RUN_DIR` continues from there.
+Stopping: the run ends at `run.total_frames` (or `run.max_seconds`); Ctrl-C (SIGINT), SIGTERM
+(what `ray job stop` sends) or SIGHUP (a closed terminal, a dropped SSH session) finishes the
+current learner chunk, writes a checkpoint and exits cleanly, so `accord train --resume RUN_DIR`
+continues from there. A driver killed outright (SIGKILL, an OOM kill) loses at most
+`run.checkpoint_every_seconds`; its watchdog ends the embedded Ray's processes and marks the
+run failed in RUN_DIR/status.json (accord/run_status.py).
 """
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -18,8 +23,9 @@ import ray
 
 from accord.config import ExperimentConfig, to_yaml
 from accord.console import Console
-from accord.loop import RunResult, TrainingLoop
+from accord.loop import STOP_SIGNALS, RayRoles, RunResult, TrainingLoop
 from accord.metrics import EpisodeTracker, MetricsSink
+from accord.run_status import describe_status, driver_facts, read_status, write_status
 from actors.evaluator import EvaluatorActor
 from actors.remote import RolloutActor
 from actors.rollout import env_options
@@ -57,16 +63,55 @@ def init_ray(address: str | None, num_actors: int = 1) -> bool:
 
 
 class StopRequest:
-    """SIGINT/SIGTERM ask the loop to stop at its next check (chunks last about a second);
-    a second signal forces the exit."""
+    """SIGINT/SIGTERM/SIGHUP ask the loop to stop at its next check (chunks last about a second);
+    a second SIGINT or SIGTERM forces the exit. A repeated SIGHUP does not: one hangup can
+    arrive twice (from the kernel and from the shell that forwards it to its jobs).
 
-    def __init__(self):
+    After a hangup the terminal is gone and writing to it fails (EIO), which would cost the
+    final messages and turn exit code 0 into 120 at interpreter exit; so the streams that went
+    to a terminal go to `hangup_log` (RUN_DIR/console.log) from then on."""
+
+    def __init__(self, hangup_log: Path | None = None):
         self.signal_name: str | None = None
+        self.hangup_log = hangup_log
+        # Asked now: once the terminal has hung up, isatty() on it fails too.
+        self._terminal_fds = [fd for fd in (1, 2) if _isatty(fd)]
 
     def __call__(self, signum, frame):
+        name = signal.Signals(signum).name
+        if signum == signal.SIGHUP and self.hangup_log is not None and self._terminal_fds:
+            _redirect(self._terminal_fds, self.hangup_log)
+            self._terminal_fds = []
         if self.signal_name is not None:
+            if name == "SIGHUP":
+                return
             raise KeyboardInterrupt
-        self.signal_name = signal.Signals(signum).name
+        self.signal_name = name
+
+
+def _isatty(fd: int) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:
+        return False
+
+
+def _redirect(fds: list[int], log: Path) -> None:
+    target = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        for fd in fds:
+            os.dup2(target, fd)
+    finally:
+        os.close(target)
+
+
+def start_watchdog(run_dir: Path) -> subprocess.Popen:
+    """accord/watchdog.py, fed by a pipe that only this process holds (see its docstring)."""
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    return subprocess.Popen([sys.executable, "-m", "accord.watchdog", str(run_dir), str(os.getpid())],
+                            stdin=subprocess.PIPE, env=env, close_fds=True)
 
 
 def train(cfg: ExperimentConfig, run_dir: Path, *, address: str | None = None,
@@ -74,17 +119,51 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, address: str | None = None,
     console = console or Console(enabled=cfg.run.progress)
     # Absolute: the learner actor writes checkpoints from its own working directory.
     run_dir = Path(run_dir).resolve()
+    if resume:
+        console.log(f"previous run: {describe_status(read_status(run_dir))}")
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    started_ray = init_ray(address, cfg.actors.num_actors)
-    stop = StopRequest()
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    write_status(run_dir, "running", "starting", exit_code=None, **driver_facts())
+    watchdog = start_watchdog(run_dir)
+    stop = StopRequest(hangup_log=run_dir / "console.log")
+    previous: dict = {}
+    started_ray = False
     try:
+        # Ray's processes inherit an ignored SIGHUP (dispositions survive exec), so a closed
+        # terminal stops the driver alone, which then stops them in order.
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        started_ray = init_ray(address, cfg.actors.num_actors)
+        previous.update({s: signal.signal(s, stop) for s in STOP_SIGNALS if s not in previous})
+        signal.signal(signal.SIGHUP, stop)
         return _train(cfg, run_dir, resume, console, stop)
+    except KeyboardInterrupt:
+        _record_abort(run_dir, "interrupted", "stopped by a signal during start-up or by a second "
+                                              "one before the final checkpoint; the newest "
+                                              "checkpoint is older")
+        raise
+    except BaseException as exc:
+        _record_abort(run_dir, "failed", f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+        raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if started_ray:
             ray.shutdown()
+        watchdog.stdin.close()  # EOF: the watchdog ends what is left of our processes, then exits
+        try:
+            watchdog.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pass  # still ending stragglers; it exits on its own once they are gone
+
+
+def _record_abort(run_dir: Path, state: str, reason: str) -> None:
+    """Record an end the loop did not record itself (it records every end it reaches)."""
+    record = read_status(run_dir)
+    if record is not None and record.get("state") != "running":
+        return
+    try:
+        write_status(run_dir, state, reason)
+    except OSError as exc:  # the run directory itself is gone: say so, keep the real error
+        print(f"could not record the run's end in {run_dir}/status.json: {exc}", file=sys.stderr)
 
 
 @dataclass
@@ -167,9 +246,9 @@ def _train(cfg: ExperimentConfig, run_dir: Path, resume: bool, console: Console,
     device = ray.get(topo.learner.device_name.remote())
     console.log(f"run directory {run_dir}; learner on {device}; {cfg.actors.num_actors} actors "
                 f"x {cfg.env.envs_per_actor} envs on {', '.join(cfg.env.tasks)}")
-    loop = TrainingLoop(cfg, run_dir, topo.learner, topo.service, topo.actors, sink, episodes,
-                        console, stop, static_metrics={"checkpoints/corrupt_skipped": corrupt},
-                        evaluator=topo.evaluator)
+    roles = RayRoles(topo.learner, topo.service, topo.actors, topo.evaluator)
+    loop = TrainingLoop(cfg, run_dir, roles, sink, episodes, console, stop,
+                        static_metrics={"checkpoints/corrupt_skipped": corrupt})
     try:
         return loop.run()
     finally:

@@ -1,4 +1,9 @@
-"""The driver's training loop: learner chunks, metric rows, actor health, checkpoints, stop."""
+"""The driver's training loop: learner chunks, metric rows, actor health, checkpoints, stop.
+
+The loop reaches Ray only through `RayRoles` (the learner, the queue service, the actor fleet),
+so it can be driven by plain objects in tests. How each run ends is written to
+RUN_DIR/status.json (accord/run_status.py): "finished", "interrupted" or "failed" with the reason.
+"""
 from __future__ import annotations
 
 import signal
@@ -8,10 +13,14 @@ from pathlib import Path
 
 import ray
 
+from accord.checkpoint_schedule import CheckpointSchedule
+from accord.run_status import write_status
 from learner.algorithm import NonFiniteLossError
+from learner.checkpoint import list_checkpoints
 
 EXIT_OK, EXIT_FAILED, EXIT_DIVERGED = 0, 1, 3
 FLEET_DEAD_SECONDS = 60.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @dataclass
@@ -67,28 +76,75 @@ class ActorHealth:
                 "actors/env_steps": self.steps}
 
 
-class TrainingLoop:
-    def __init__(self, cfg, run_dir, learner, service: list, actors, sink, episodes, console, stop,
-                 static_metrics: dict | None = None, evaluator=None):
-        self.cfg, self.run_dir = cfg, Path(run_dir)
-        self.learner, self.service = learner, service
-        self.sink, self.episodes, self.console = sink, episodes, console
+class RayRoles:
+    """The loop's one seam to Ray: blocking calls on the learner, the queue or replay service
+    (its shards) and the evaluator, and the fleet's health. An exception raised inside the
+    learner (NonFiniteLossError, CheckpointWriteError) reaches the loop as itself, chained to
+    Ray's wrapper."""
+
+    def __init__(self, learner, service: list, actors, evaluator=None):
+        self.learner, self.service, self.evaluator = learner, service, evaluator
         self.health = ActorHealth(actors)
-        self.stop = stop  # .signal_name is set once SIGINT/SIGTERM arrives
+
+    def counters(self) -> dict:
+        return _get(self.learner.counters.remote())
+
+    def train(self, max_updates: int, max_seconds: float) -> dict:
+        return _get(self.learner.train.remote(max_updates=max_updates, max_seconds=max_seconds))
+
+    def save(self, run_dir: str, keep: int) -> str:
+        return _get(self.learner.save.remote(run_dir, keep))
+
+    def service_stats(self) -> dict:
+        return merge_service_stats(_get([s.stats.remote() for s in self.service]))
+
+    @property
+    def can_evaluate(self) -> bool:
+        return self.evaluator is not None
+
+    def start_evaluation(self):
+        return self.evaluator.evaluate.remote()
+
+    def evaluation_result(self, pending, timeout: float) -> dict | None:
+        """The evaluation's metrics once it has finished within `timeout` seconds, else None."""
+        ready, _ = ray.wait([pending], timeout=timeout)
+        return _get(pending) if ready else None
+
+
+def _get(ref):
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, Exception):
+            raise exc.cause from exc
+        raise
+
+
+class TrainingLoop:
+    def __init__(self, cfg, run_dir, roles: RayRoles, sink, episodes, console, stop,
+                 static_metrics: dict | None = None):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.roles, self.health = roles, roles.health
+        self.sink, self.episodes, self.console = sink, episodes, console
+        self.stop = stop  # .signal_name is set once SIGINT/SIGTERM/SIGHUP arrives
         self.static_metrics = static_metrics or {}  # facts of the start, repeated in every row
         self._silent_since: float | None = None  # when every actor stopped answering
-        self.evaluator = evaluator  # plays the newest policy every run.eval_every updates
-        self._eval_pending = None
+        self.status_failures = 0  # status.json writes that failed (counted, reported once each)
+        self.checkpoints: CheckpointSchedule | None = None
+        self._eval_pending = None  # an evaluation of the newest policy every run.eval_every updates
         self._eval_at = 0
         self._eval_metrics: dict = {}
 
     def run(self) -> RunResult:
         cfg = self.cfg
-        counters = ray.get(self.learner.counters.remote())
+        counters = self.roles.counters()
         self.console.start(cfg.run.total_frames, counters["frames"])
         start = last_log = time.monotonic()
+        existing = list_checkpoints(self.run_dir)  # a resumed run starts from the newest
+        self.checkpoints = CheckpointSchedule(cfg.run, self._save, self.console.log,
+                                              counters["updates"], start,
+                                              newest=str(existing[-1]) if existing else None)
         last_frames, last_updates = counters["frames"], counters["updates"]
-        last_ckpt = counters["updates"]
         chunk_metrics: dict = {}
         reason, code = "finished", EXIT_OK
         try:
@@ -103,71 +159,82 @@ class TrainingLoop:
                     reason, code = (f"no rollout actor has answered for {FLEET_DEAD_SECONDS:.0f} s "
                                     f"(restarts used up? see the actor tracebacks above)"), EXIT_FAILED
                     break
-                chunk = ray.get(self.learner.train.remote(
-                    max_updates=cfg.run.checkpoint_every, max_seconds=min(1.0, cfg.run.log_every)))
+                chunk = self.roles.train(max_updates=cfg.run.checkpoint_every,
+                                         max_seconds=min(1.0, cfg.run.log_every))
                 counters, chunk_metrics = chunk["counters"], chunk["metrics"]
                 self.episodes.add(chunk["episodes"])
                 if self._reached_stop_return():
                     reason = f"every task reached mean return {cfg.run.stop_return}"
                     break
                 self._poll_eval(counters["updates"])
-                if counters["updates"] - last_ckpt >= cfg.run.checkpoint_every:
-                    self._checkpoint()
-                    last_ckpt = counters["updates"]
                 now = time.monotonic()
+                if self.checkpoints.due(counters["updates"], now):
+                    self._checkpoint(counters, now)
+                    if self.checkpoints.given_up(now):
+                        reason, code = (f"no checkpoint could be written for "
+                                        f"{now - self.checkpoints.failing_since:.0f} s "
+                                        f"({self.checkpoints.failures} failed; last: "
+                                        f"{self.checkpoints.last_error})"), EXIT_FAILED
+                        break
                 if now - last_log >= cfg.run.log_every:
                     self._log(counters, chunk_metrics, now - last_log,
                               counters["frames"] - last_frames, counters["updates"] - last_updates)
                     last_log, last_frames, last_updates = now, counters["frames"], counters["updates"]
-        except ray.exceptions.RayTaskError as exc:
-            if not isinstance(exc.as_instanceof_cause(), NonFiniteLossError):
-                raise
-            reason, code = f"diverged: {str(exc.cause)}", EXIT_DIVERGED
+        except NonFiniteLossError as exc:
+            reason, code = f"diverged: {exc}", EXIT_DIVERGED
         # Further signals would abort the checkpoint that makes the stop resumable.
-        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
         try:
-            path = self._checkpoint()
+            counters = self.roles.counters()
+            path = self._checkpoint(counters, time.monotonic())
+            if path is None and code == EXIT_OK:
+                reason, code = f"{reason}; the final checkpoint could not be written", EXIT_FAILED
             self._final_eval()
-            counters = ray.get(self.learner.counters.remote())
             final_eval = dict(self._eval_metrics)
             # A row only for work (or an evaluation) not yet logged.
             if counters["updates"] > last_updates or self._eval_metrics:
                 self._log(counters, chunk_metrics, max(time.monotonic() - last_log, 1e-9),
                           counters["frames"] - last_frames, counters["updates"] - last_updates)
+            state = ("interrupted" if reason.startswith("interrupted") and code == EXIT_OK
+                     else "finished" if code == EXIT_OK else "failed")
+            self._status(state, reason, counters, exit_code=code)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         self.console.close()
+        path = self.checkpoints.newest
         returns = {n: self.episodes.mean_return(n) for n in cfg.env.tasks}
         self.console.log(f"{reason}: {counters['updates']} updates, {counters['frames']:,} frames; "
                          f"checkpoint {path}; returns {_fmt_returns(returns)}")
         if "eval/success_mean" in final_eval:
             self.console.log(f"evaluation: mean success rate {final_eval['eval/success_mean']:.2f} "
                              f"over {len(cfg.env.tasks)} tasks")
-        if reason.startswith("interrupted"):
+        if reason.startswith("interrupted") or code == EXIT_FAILED:
             self.console.log(f"resume with: accord train --resume {self.run_dir}")
         return RunResult(self.run_dir, code, reason, counters, returns, path)
 
     def _poll_eval(self, updates: int) -> None:
         """Start an evaluation every run.eval_every updates (one at a time); collect a finished one."""
-        if self.evaluator is None or not self.cfg.run.eval_every:
+        if not self.roles.can_evaluate or not self.cfg.run.eval_every:
             return
-        if self._eval_pending is not None and ray.wait([self._eval_pending], timeout=0)[0]:
-            self._eval_metrics.update(ray.get(self._eval_pending))
-            self._eval_pending = None
+        if self._eval_pending is not None:
+            result = self.roles.evaluation_result(self._eval_pending, timeout=0)
+            if result is not None:
+                self._eval_metrics.update(result)
+                self._eval_pending = None
         if self._eval_pending is None and updates - self._eval_at >= self.cfg.run.eval_every:
-            self._eval_pending = self.evaluator.evaluate.remote()
+            self._eval_pending = self.roles.start_evaluation()
             self._eval_at = updates
 
     def _final_eval(self) -> None:
         """The end of a run is evaluated too, so the last row says how well it ended."""
-        if self.evaluator is None or not self.cfg.run.eval_every:
+        if not self.roles.can_evaluate or not self.cfg.run.eval_every:
             return
-        pending = self._eval_pending or self.evaluator.evaluate.remote()
+        pending = self._eval_pending or self.roles.start_evaluation()
         self._eval_pending = None
-        ready, _ = ray.wait([pending], timeout=600)
-        if ready:
-            self._eval_metrics.update(ray.get(pending))
+        result = self.roles.evaluation_result(pending, timeout=600)
+        if result is not None:
+            self._eval_metrics.update(result)
         else:
             self.console.log("[yellow]the final evaluation did not finish within 600 s; skipped")
 
@@ -190,16 +257,33 @@ class TrainingLoop:
         returns = [self.episodes.mean_return(n, min_episodes=window) for n in self.cfg.env.tasks]
         return all(r is not None and r >= target for r in returns)
 
-    def _checkpoint(self) -> str:
-        return ray.get(self.learner.save.remote(str(self.run_dir), self.cfg.run.keep_checkpoints))
+    def _save(self) -> str:
+        return self.roles.save(str(self.run_dir), self.cfg.run.keep_checkpoints)
+
+    def _checkpoint(self, counters: dict, now: float) -> str | None:
+        """Write a checkpoint (a failure is counted and reported, not raised) and record it."""
+        path = self.checkpoints.write(counters["updates"], now)
+        self._status("running", "training", counters)
+        return path
+
+    def _status(self, state: str, reason: str, counters: dict, **facts) -> None:
+        try:
+            write_status(self.run_dir, state, reason, updates=counters["updates"],
+                         frames=counters["frames"], checkpoint=self.checkpoints.newest,
+                         checkpoint_failures=self.checkpoints.failures,
+                         last_checkpoint_error=self.checkpoints.last_error, **facts)
+        except OSError as exc:
+            self.status_failures += 1
+            self.console.log(f"[red]could not write {self.run_dir}/status.json "
+                             f"({self.status_failures} failed so far): {exc}")
 
     def _log(self, counters, chunk_metrics, seconds, frames, updates) -> None:
         self.health.poll()
-        service_stats = merge_service_stats(ray.get([s.stats.remote() for s in self.service]))
+        service_stats = self.roles.service_stats()
         eval_metrics, self._eval_metrics = self._eval_metrics, {}  # each evaluation in one row
         row = {
             **chunk_metrics, **service_stats, **self.health.metrics(), **self.episodes.metrics(),
-            **eval_metrics,
+            **eval_metrics, **self.checkpoints.metrics(), "run/status_write_failures": float(self.status_failures),
             **self.static_metrics,
             "frames": counters["frames"], "updates": counters["updates"],
             "fps": frames / seconds, "updates_per_s": updates / seconds,

@@ -2,11 +2,14 @@
 `weights_only=True` so that opening a checkpoint never unpickles arbitrary objects.
 
 Writes are atomic (temp file in the same directory, fsync, rename), so a crash mid-write
-leaves the previous checkpoint intact; the last `keep` are kept. A checkpoint that fails to
+leaves the previous checkpoint intact; the last `keep` are kept. A write that fails (disk full,
+directory gone or read-only) removes its temp file and raises `CheckpointWriteError`; older
+checkpoints are only rotated out after a new one is in place. A checkpoint that fails to
 load is skipped, counted and reported, and the next older one is tried.
 """
 from __future__ import annotations
 
+import io
 import os
 import re
 from dataclasses import dataclass, field
@@ -15,6 +18,10 @@ from pathlib import Path
 import torch
 
 _NAME = re.compile(r"^ckpt_(\d{9})\.pt$")
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written; the previous checkpoints are untouched."""
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -31,14 +38,25 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
 
 def save_checkpoint(run_dir: str | Path, state: dict, step: int, keep: int = 3) -> Path:
     directory = checkpoint_dir(run_dir)
-    directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"ckpt_{step:09d}.pt"
     tmp = directory / f".{final.name}.tmp"
-    with open(tmp, "wb") as fh:
-        torch.save(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
+    try:
+        # Serialized in memory first: torch's zip writer turns a failed file write into an
+        # opaque "unexpected pos" error, a plain write names the cause (ENOSPC, EROFS, ...).
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        directory.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            fh.write(buffer.getbuffer())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except OSError as exc:  # a state torch cannot serialize is a bug, not a write failure: not caught
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # the directory itself is gone or unreadable: no temp file can be left in it
+        raise CheckpointWriteError(f"could not write {final}: {type(exc).__name__}: {exc}") from exc
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return final

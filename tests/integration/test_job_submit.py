@@ -127,3 +127,31 @@ def test_ray_job_stop_checkpoints_before_the_job_ends(ray_head, tmp_path):
     assert "interrupted by SIGTERM" in logs, logs[-3000:]
     (run_dir,) = runs.iterdir()
     assert list((run_dir / "checkpoints").glob("ckpt_*.pt")), logs[-3000:]
+
+
+def test_sighup_to_a_submitted_driver_checkpoints_and_the_job_succeeds(ray_head, tmp_path):
+    import json
+    import signal
+
+    from ray.job_submission import JobStatus
+
+    address, token = ray_head
+    client = _client(address, token)
+    runs = tmp_path / "runs"
+    job_id = _submit(client, runs, "run.total_frames=100000000", "run.log_every=1",
+                     "run.checkpoint_every=100000")
+    deadline = time.monotonic() + 240
+    while not list(runs.glob("*/metrics.csv")) or len(next(runs.glob("*/metrics.csv")).read_text().splitlines()) < 3:
+        assert client.get_job_status(job_id) in {JobStatus.PENDING, JobStatus.RUNNING}, \
+            client.get_job_logs(job_id)[-3000:]
+        assert time.monotonic() < deadline, "no metrics within 240 s"
+        time.sleep(1)
+    (run_dir,) = runs.iterdir()
+    driver = json.loads((run_dir / "status.json").read_text())["pid"]  # the entrypoint's process
+    os.kill(driver, signal.SIGHUP)
+    assert _wait_done(client, job_id, timeout=120) == JobStatus.SUCCEEDED  # exit code 0
+    logs = client.get_job_logs(job_id)
+    assert "interrupted by SIGHUP" in logs and f"accord train --resume {run_dir}" in logs, logs[-3000:]
+    assert list((run_dir / "checkpoints").glob("ckpt_*.pt"))
+    status = json.loads((run_dir / "status.json").read_text())
+    assert (status["state"], status["exit_code"]) == ("interrupted", 0)

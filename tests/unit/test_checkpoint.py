@@ -8,6 +8,7 @@ import torch
 
 from learner import checkpoint as ckpt
 from learner.checkpoint import (
+    CheckpointWriteError,
     checkpoint_dir,
     list_checkpoints,
     load_checkpoint,
@@ -64,11 +65,12 @@ def test_a_crash_mid_write_leaves_the_previous_checkpoint_intact(tmp_path, monke
         raise OSError("disk full")
 
     monkeypatch.setattr(ckpt.torch, "save", crashing_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CheckpointWriteError, match="ckpt_000000002.pt: OSError: disk full"):
         save_checkpoint(tmp_path, state(2), step=2)
     monkeypatch.setattr(ckpt.torch, "save", real_save)
 
-    assert not (checkpoint_dir(tmp_path) / "ckpt_000000002.pt").exists()
+    # No half-written temp file is left to fill the disk further.
+    assert [p.name for p in checkpoint_dir(tmp_path).iterdir()] == [good.name]
     assert list_checkpoints(tmp_path) == [good]
     restored = load_latest(tmp_path)
     assert restored.path == good and restored.corrupt == []
@@ -131,3 +133,35 @@ def test_map_location_is_applied(tmp_path):
     path = save_checkpoint(tmp_path, state(1), step=1)
     assert load_checkpoint(path, map_location="cpu")["model"]["w"].device.type == "cpu"
     assert load_checkpoint(path, map_location="meta")["model"]["w"].device.type == "meta"
+
+
+def test_a_failed_rename_keeps_every_older_checkpoint_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    older = [save_checkpoint(tmp_path, state(s), step=s, keep=2) for s in (1, 2)]
+
+    def refused(src, dst):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(ckpt.os, "replace", refused)
+    with pytest.raises(CheckpointWriteError, match="Read-only file system"):
+        save_checkpoint(tmp_path, state(3), step=3, keep=2)
+    # Rotation happens only after a new checkpoint is in place: both older ones survive.
+    assert sorted(checkpoint_dir(tmp_path).iterdir()) == older
+    assert load_latest(tmp_path).state["counters"]["updates"] == 2
+
+
+def test_a_checkpoints_path_that_is_not_a_directory_is_a_clear_write_error(tmp_path):
+    checkpoint_dir(tmp_path).write_text("a file where the directory should be")
+    with pytest.raises(CheckpointWriteError, match="could not write .*ckpt_000000001.pt: FileExistsError"):
+        save_checkpoint(tmp_path, state(1), step=1)
+    assert checkpoint_dir(tmp_path).read_text() == "a file where the directory should be"
+
+
+def test_a_state_torch_cannot_serialize_is_not_taken_for_a_write_failure(tmp_path, monkeypatch):
+    def refuses(obj, fh, *args, **kwargs):
+        raise RuntimeError("cannot pickle 'generator' object")
+
+    monkeypatch.setattr(ckpt.torch, "save", refuses)
+    with pytest.raises(RuntimeError, match="cannot pickle") as caught:
+        save_checkpoint(tmp_path, state(1), step=1)
+    assert not isinstance(caught.value, CheckpointWriteError)  # a bug stops the run, a full disk does not
+    assert list_checkpoints(tmp_path) == []

@@ -1,0 +1,220 @@
+"""TrainingLoop end to end on plain objects (no Ray): divergence, the stop_return window, the
+checkpoint cadences, failed checkpoint writes and the status file each stop leaves."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from accord import loop as loop_module
+from accord.config import ExperimentConfig
+from accord.loop import EXIT_DIVERGED, EXIT_FAILED, EXIT_OK, TrainingLoop
+from accord.metrics import EpisodeTracker
+from learner.algorithm import NonFiniteLossError
+from learner.checkpoint import CheckpointWriteError
+
+CHUNK_SECONDS = 1.0  # fake time one learner chunk takes
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Health:
+    all_unreachable = False
+
+    def poll(self):
+        pass
+
+    def metrics(self):
+        return {}
+
+
+class FakeRoles:
+    """The learner side of RayRoles: each chunk makes `updates_per_chunk` updates and takes
+    CHUNK_SECONDS of fake time; `saves` lists the updates of every checkpoint attempt."""
+
+    def __init__(self, clock, updates_per_chunk=2, episodes_per_chunk=(), diverge_at=None,
+                 save_fails=lambda updates: False):
+        self.clock, self.updates_per_chunk = clock, updates_per_chunk
+        self.episodes_per_chunk = list(episodes_per_chunk)
+        self.diverge_at, self.save_fails = diverge_at, save_fails
+        self.updates, self.saves, self.chunks = 0, [], 0
+        self.health = Health()
+
+    def counters(self):
+        return {"updates": self.updates, "frames": 100 * self.updates}
+
+    def train(self, max_updates, max_seconds):
+        self.clock.now += CHUNK_SECONDS
+        self.chunks += 1
+        self.updates += min(self.updates_per_chunk, max_updates)
+        if self.diverge_at is not None and self.updates >= self.diverge_at:
+            raise NonFiniteLossError("10 non-finite losses in a row")
+        episodes = self.episodes_per_chunk.pop(0) if self.episodes_per_chunk else []
+        return {"counters": self.counters(), "metrics": {}, "episodes": episodes}
+
+    def save(self, run_dir, keep):
+        self.saves.append(self.updates)
+        if self.save_fails(self.updates):
+            raise CheckpointWriteError(f"could not write ckpt_{self.updates:09d}.pt: disk full")
+        return f"{run_dir}/checkpoints/ckpt_{self.updates:09d}.pt"
+
+    def service_stats(self):
+        return {"queue/depth": 0.0, "queue/capacity": 8.0}
+
+    can_evaluate = False
+
+
+class Sink:
+    def __init__(self):
+        self.rows = []
+
+    def write(self, step, row):
+        self.rows.append(row)
+
+
+class Console:
+    def __init__(self):
+        self.lines = []
+
+    def start(self, total, completed):
+        pass
+
+    def update(self, completed, summary):
+        pass
+
+    def log(self, message):
+        self.lines.append(message)
+
+    def close(self):
+        pass
+
+
+class Stop:
+    signal_name = None
+
+
+def make_cfg(**run) -> ExperimentConfig:
+    return ExperimentConfig.model_validate({
+        "env": {"kind": "gym", "tasks": ["CartPole-v1"]}, "learner": {"model": "mlp"},
+        "run": {"total_frames": 100 * 40, "checkpoint_every": 1000,
+                "checkpoint_every_seconds": 1000.0, "log_every": 5.0, **run}})
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(loop_module.time, "monotonic", clock)
+    return clock
+
+
+def run_loop(tmp_path, cfg, roles, stop=None):
+    console, sink = Console(), Sink()
+    loop = TrainingLoop(cfg, tmp_path, roles, sink, EpisodeTracker(list(cfg.env.tasks), window=5),
+                        console, stop or Stop())
+    result = loop.run()
+    return result, console, sink, json.loads((tmp_path / "status.json").read_text())
+
+
+def test_divergence_ends_with_exit_code_3_a_checkpoint_and_a_failed_status(tmp_path, clock):
+    roles = FakeRoles(clock, diverge_at=6)
+    result, console, _, status = run_loop(tmp_path, make_cfg(), roles)
+    assert result.exit_code == EXIT_DIVERGED
+    assert result.reason == "diverged: 10 non-finite losses in a row"
+    assert roles.saves == [6]  # the final checkpoint, at the updates reached
+    assert result.checkpoint.endswith("ckpt_000000006.pt")
+    assert status["state"] == "failed" and status["reason"].startswith("diverged")
+    assert status["exit_code"] == EXIT_DIVERGED and status["checkpoint"] == result.checkpoint
+
+
+def test_a_few_lucky_first_episodes_do_not_stop_the_run(tmp_path, clock):
+    # Window 5: four episodes at 500 are not a full window; the run ends only with the fifth.
+    lucky = [[(0, 500.0, 500, float("nan"))]] * 4
+    roles = FakeRoles(clock, episodes_per_chunk=[*lucky, [], [], [(0, 500.0, 500, float("nan"))]])
+    result, _, _, status = run_loop(tmp_path, make_cfg(stop_return=400.0), roles)
+    assert roles.chunks == 7
+    assert result.exit_code == EXIT_OK and result.reason == "every task reached mean return 400.0"
+    assert status["state"] == "finished"
+
+
+def test_a_full_window_below_the_target_does_not_stop_the_run(tmp_path, clock):
+    episodes = [[(0, 450.0, 450, float("nan"))]] * 4 + [[(0, 10.0, 10, float("nan"))]] * 30
+    roles = FakeRoles(clock, episodes_per_chunk=episodes)
+    result, *_ = run_loop(tmp_path, make_cfg(stop_return=400.0), roles)
+    assert result.reason == "finished" and roles.updates == 40  # ran to total_frames
+
+
+def test_checkpoints_every_n_updates(tmp_path, clock):
+    roles = FakeRoles(clock, updates_per_chunk=2)
+    result, _, _, status = run_loop(tmp_path, make_cfg(checkpoint_every=6), roles)
+    # Chunks are capped at checkpoint_every updates; a checkpoint once 6 more are done, one at the end.
+    assert roles.saves == [6, 12, 18, 24, 30, 36, 40]
+    assert status["state"] == "finished" and status["checkpoint"].endswith("ckpt_000000040.pt")
+
+
+def test_checkpoints_every_n_seconds_however_few_updates(tmp_path, clock):
+    # One update per 1 s chunk, update cadence out of reach: the 5 s clock alone decides.
+    roles = FakeRoles(clock, updates_per_chunk=1)
+    run_loop(tmp_path, make_cfg(checkpoint_every_seconds=5.0, total_frames=100 * 17), roles)
+    assert roles.saves == [5, 10, 15, 17]
+
+
+def test_a_failed_write_is_counted_reported_and_training_goes_on(tmp_path, clock):
+    roles = FakeRoles(clock, updates_per_chunk=1, save_fails=lambda u: 5 <= u <= 10)
+    result, console, sink, status = run_loop(
+        tmp_path, make_cfg(checkpoint_every_seconds=5.0, total_frames=100 * 22, log_every=1.0,
+                           checkpoint_failure_tolerance_seconds=60.0), roles)
+    assert roles.saves == [5, 10, 15, 20, 22]
+    assert result.exit_code == EXIT_OK and result.checkpoint.endswith("ckpt_000000022.pt")
+    failed = [line for line in console.lines if "checkpoint failed" in line]
+    assert len(failed) == 2 and "disk full" in failed[0] and "(2 so far" in failed[1]
+    assert any("written again" in line for line in console.lines)
+    assert max(row["checkpoints/failed"] for row in sink.rows) == 2
+    assert status["checkpoint_failures"] == 2 and status["state"] == "finished"
+
+
+def test_writes_failing_past_the_tolerance_stop_the_run(tmp_path, clock):
+    roles = FakeRoles(clock, updates_per_chunk=1, save_fails=lambda u: u >= 5)
+    result, console, _, status = run_loop(
+        tmp_path, make_cfg(checkpoint_every_seconds=5.0, checkpoint_failure_tolerance_seconds=12.0),
+        roles)
+    # Fails at 5 s, 10 s, 15 s; 15 - 5 >= 12 is not yet, 20 - 5 is: stop after the fourth.
+    assert roles.saves == [5, 10, 15, 20, 20]  # the last is the final attempt
+    assert result.exit_code == EXIT_FAILED
+    assert result.reason.startswith("no checkpoint could be written for 15 s (4 failed")
+    assert status["state"] == "failed" and status["checkpoint_failures"] == 5
+    assert "disk full" in status["last_checkpoint_error"]
+    assert any("resume with" in line for line in console.lines)
+
+
+def test_a_stop_signal_ends_interrupted_with_a_checkpoint(tmp_path, clock):
+    stop = Stop()
+
+    class Roles(FakeRoles):
+        def train(self, max_updates, max_seconds):
+            out = super().train(max_updates, max_seconds)
+            if self.chunks == 3:
+                stop.signal_name = "SIGHUP"
+            return out
+
+    roles = Roles(clock)
+    result, console, _, status = run_loop(tmp_path, make_cfg(), roles, stop=stop)
+    assert result.exit_code == EXIT_OK and result.reason == "interrupted by SIGHUP"
+    assert roles.saves == [6]
+    assert status["state"] == "interrupted" and status["updates"] == 6
+    assert f"resume with: accord train --resume {tmp_path}" in console.lines[-1]
+
+
+def test_a_stop_whose_final_checkpoint_fails_is_a_failure(tmp_path, clock):
+    stop = Stop()
+    stop.signal_name = "SIGTERM"
+    roles = FakeRoles(clock, save_fails=lambda u: True)
+    result, _, _, status = run_loop(tmp_path, make_cfg(), roles, stop=stop)
+    assert result.exit_code == EXIT_FAILED
+    assert result.reason == "interrupted by SIGTERM; the final checkpoint could not be written"
+    assert status["state"] == "failed" and status["checkpoint_failures"] == 1
