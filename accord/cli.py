@@ -2,7 +2,7 @@
 
     accord train CONFIG [--set a.b=v ...] [--address ADDR] [--resume RUN_DIR]
     accord eval CHECKPOINT [--episodes N]
-    accord bench throughput|combiners|sac [...]
+    accord bench throughput|combiners|sac|mt10 [...]
 
 A bad config prints one line naming the field and exits 2 before Ray or any actor starts.
 """
@@ -99,6 +99,22 @@ def bench_throughput(
     from bench.throughput import main as throughput_main
 
     throughput_main(cfg, seconds, use_learner=learner)
+
+
+@bench_app.command("mt10")
+def bench_mt10(
+    config: Path = typer.Option(Path("configs/bench_mt10.yaml"), help="Experiment config to run the fleet with."),
+    seconds: float = typer.Option(30.0, help="Measured seconds per side."),
+    set_: list[str] = typer.Option([], "--set", help="Config overrides."),
+) -> None:
+    """MT10 env steps/s end to end (actors, replay, SAC learner) vs the raw Meta-World envs."""
+    try:
+        cfg = load_config(config, set_)
+    except ConfigError as exc:
+        _fail_config(str(exc))
+    from bench.mt10 import main as mt10_main
+
+    mt10_main(cfg, seconds)
 
 
 @bench_app.command("combiners")

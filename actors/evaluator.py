@@ -9,7 +9,9 @@ import torch
 from actors.evaluation import build_eval_policy, eval_metrics, evaluate_policy
 
 
-@ray.remote(num_cpus=1)
+# No CPU reserved: it plays a few episodes now and then, and a fleet sized to its CPUs (one
+# per rollout actor and the learner) would otherwise leave it waiting for one forever.
+@ray.remote(num_cpus=0)
 class EvaluatorActor:
     def __init__(self, cfg, spec, weight_store_name: str):
         torch.set_num_threads(1)
