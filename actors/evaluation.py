@@ -39,7 +39,7 @@ def build_eval_policy(cfg, spec, weights: dict, greedy: bool = False) -> Act:
     else:
         model = build_model(cfg.learner.model, spec.obs_shape, spec.num_actions,
                             len(cfg.env.tasks), cfg.learner.per_task_heads)
-    model.load_state_dict({k: torch.as_tensor(v) for k, v in weights.items()})
+    model.load_state_dict({k: torch.tensor(v) for k, v in weights.items()})
     model.eval()
 
     @torch.inference_mode()

@@ -45,3 +45,22 @@ def test_sac_learns_pendulum(tmp_path):
     assert final >= PENDULUM_TARGET, f"evaluated return {final} after {rows[-1]['frames']} steps"
     alphas = _column(rows, "sac/alpha/Pendulum-v1")
     assert alphas and alphas[-1] < 1.0  # the temperature was learned down from its initial 1.0
+
+
+POINT_GOAL_TASKS = ("PointGoal-NE-v0", "PointGoal-NW-v0", "PointGoal-SW-v0", "PointGoal-SE-v0")
+# Random actions score about -47 per 50-step episode on these tasks; reaching the goal and
+# staying there scores about -4. A run must gain at least MARGIN on the mean over the tasks.
+MARGIN = 25.0
+
+
+@pytest.mark.parametrize("combiner", ["sum", "pcgrad"])
+def test_multitask_sac_improves_every_point_goal_task(tmp_path, combiner):
+    rows = _train(tmp_path, "configs/point_goal_sac.yaml", "run.total_frames=6000",
+                  f"learner.combiner.name={combiner}", "learner.combiner.options={seed: 0}"
+                  if combiner == "pcgrad" else "learner.combiner.options={}")
+    first = np.mean([_column(rows, f"return/{t}")[0] for t in POINT_GOAL_TASKS])
+    final = {t: _column(rows, f"eval/return/{t}")[-1] for t in POINT_GOAL_TASKS}
+    assert np.mean(list(final.values())) >= first + MARGIN, (first, final)
+    assert min(final.values()) >= first + MARGIN / 2, (first, final)  # no task left behind
+    if combiner == "pcgrad":
+        assert _column(rows, "combiner/critic/pcgrad/conflicts"), "PCGrad statistics were not logged"
