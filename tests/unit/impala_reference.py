@@ -53,7 +53,7 @@ def reference_loss(model: torch.nn.Module, batch: dict, lcfg, columns) -> dict[s
         for t in range(T):
             a = int(batch["actions"][t, b])
             mu = torch.log_softmax(torch.as_tensor(batch["behaviour_logits"][t, b]).double(), -1)[a]
-            ratios.append(math.exp(float(log_pis[t][a]) - float(mu)))
+            ratios.append(math.exp(float(log_pis[t][a].detach()) - float(mu)))
             ended = bool(batch["terminated"][t, b]) or bool(batch["truncated"][t, b])
             discounts.append(0.0 if ended else lcfg.discount)
         rewards = [float(r) for r in batch["rewards"][:, b]]
