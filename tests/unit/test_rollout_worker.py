@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from accord.config import config_from_dict
-from actors.rollout import RolloutWorker
-from envs import describe
+from actors.rollout import RolloutWorker, env_options, episode_row
+from envs import EpisodeStats, describe
 from tests.support.scripted_env import SEED_MOD, TASK
 
 T, M, RUN_SEED = 6, 3, 5
@@ -151,3 +151,48 @@ def test_a_restarted_worker_does_not_replay_the_first_actions():
                for w in (first, again, restarted))
     np.testing.assert_array_equal(a, b)  # the same seed replays exactly
     assert not np.array_equal(a, c)
+
+
+def test_seeds_wrap_into_int32_for_large_run_seeds():
+    worker = make_worker(actor_index=1)
+    big = config_from_dict({**worker.cfg.model_dump(), "run": {"seed": 50_000}})
+    u = RolloutWorker(big, 1, describe("gym", TASK), 2).unroll()
+    seed = (50_000 * 100_003 + 1 + 2 * 7_919) % 2**31
+    np.testing.assert_array_equal(u["obs"][0, :, 0], (seed + np.arange(M)) % SEED_MOD)
+    assert worker.actor_index == 1
+
+
+def test_an_env_rebuilt_after_an_error_is_reseeded_from_the_worker_seed():
+    seeds = []
+    for _ in range(2):
+        worker = make_worker(actor_index=2)
+        worker.unroll()
+        # What the env does when a step raises: rebuild, reset with the next derived seed.
+        result = worker.env._recover(RuntimeError("scripted failure"))
+        assert result.truncated.all()
+        seeds.append(result.obs[:, 0])
+    np.testing.assert_array_equal(seeds[0], seeds[1])  # reproducible from the one seed
+    assert not np.array_equal(seeds[0], (env_seed(2, 0) + np.arange(M)) % SEED_MOD)
+
+
+def test_episode_rows_carry_success_where_the_env_reports_it():
+    assert episode_row(EpisodeStats(2, "t", 5.5, 7, success=1.0)) == (2, 5.5, 7, 1.0)
+    assert episode_row(EpisodeStats(2, "t", 5.5, 7, success=0.0))[3] == 0.0
+    assert np.isnan(episode_row(EpisodeStats(1, "t", 3.0, 4))[3])
+
+
+def test_atari_options_reach_the_env():
+    cfg = config_from_dict({
+        "env": {"kind": "atari", "tasks": ["pong"], "envs_per_actor": 1, "full_action_space": True,
+                "sticky_actions": 0.0, "clip_rewards": False, "max_episode_frames": 1000},
+        "actors": {"num_actors": 1, "unroll_length": 2},
+        "learner": {"model": "nature", "batch_size": 1},
+    })
+    assert env_options(cfg) == {"full_action_space": True, "sticky_actions": 0.0,
+                                "clip_rewards": False, "max_episode_frames": 1000}
+    assert env_options(make_worker().cfg) == {}
+    worker = RolloutWorker(cfg, 0, describe("atari", "pong", **env_options(cfg)))
+    try:
+        assert worker.env.num_actions == 18  # the full action space, not Pong's 6
+    finally:
+        worker.close()
