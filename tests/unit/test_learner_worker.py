@@ -129,14 +129,17 @@ def test_sample_timeouts_are_counted_and_are_not_updates():
 
 def test_a_chunk_that_gets_no_batch_ends_at_max_seconds():
     clock = FakeClock(tick=1.0)
+    clock.now = 100.0
     worker, algorithm, source, *_ = make_worker([], clock=clock)
     out = worker.train(max_updates=5, max_seconds=10.0)
+    # The clock moves 1 s per reading; each round reads it three times (the loop check and
+    # the wait around fetch + receive) and waits 1 s. Start 101; checks at 1, 4, 7 s pass and
+    # the one at 10 s ends the chunk, read once more at 11 s.
     assert algorithm.updates == 0 and out["metrics"]["learner/updates_in_chunk"] == 0
-    timeouts = out["metrics"]["learner/sample_timeouts"]
-    assert timeouts > 0 and source.requests == timeouts + 1
+    assert out["metrics"]["learner/sample_timeouts"] == 3.0 and source.requests == 4
+    assert out["metrics"]["learner/seconds"] == 11.0
+    assert out["metrics"]["learner/wait_fraction"] == pytest.approx(3 / 11)
     assert out["metrics"]["learner/lag_mean"] == 0.0
-    # Every tick but the loop checks was spent waiting on the source.
-    assert 0.0 < out["metrics"]["learner/wait_fraction"] <= 1.0
 
 
 def test_lost_unrolls_are_reported_in_the_metrics_and_counters():
