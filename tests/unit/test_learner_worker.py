@@ -127,19 +127,30 @@ def test_sample_timeouts_are_counted_and_are_not_updates():
     assert out["counters"]["sample_timeouts"] == 3
 
 
-def test_a_chunk_that_gets_no_batch_ends_at_max_seconds():
-    clock = FakeClock(tick=1.0)
+@pytest.mark.parametrize("tick", [1.0, 1 / 64])  # binary fractions: the sums are exact
+def test_a_chunk_that_gets_no_batch_ends_at_max_seconds(tick):
+    clock = FakeClock(tick=tick)
     clock.now = 100.0
     worker, algorithm, source, *_ = make_worker([], clock=clock)
-    out = worker.train(max_updates=5, max_seconds=10.0)
+    out = worker.train(max_updates=5, max_seconds=10 * tick)
     # The clock moves 1 s per reading; each round reads it three times (the loop check and
     # the wait around fetch + receive) and waits 1 s. Start 101; checks at 1, 4, 7 s pass and
     # the one at 10 s ends the chunk, read once more at 11 s.
     assert algorithm.updates == 0 and out["metrics"]["learner/updates_in_chunk"] == 0
     assert out["metrics"]["learner/sample_timeouts"] == 3.0 and source.requests == 4
-    assert out["metrics"]["learner/seconds"] == 11.0
+    assert out["metrics"]["learner/seconds"] == 11 * tick
     assert out["metrics"]["learner/wait_fraction"] == pytest.approx(3 / 11)
     assert out["metrics"]["learner/lag_mean"] == 0.0
+
+
+def test_counters_before_anything_and_timeouts_add_up_across_chunks():
+    worker, *_ = make_worker([None, batch(0), None, batch(1)])
+    assert worker.counters() == {"updates": 0, "frames": 0, "nonfinite_total": 0,
+                                 "lost_unrolls": 0, "sample_timeouts": 0, "version": -1}
+    worker.train(max_updates=1, max_seconds=1e9)
+    out = worker.train(max_updates=1, max_seconds=1e9)
+    assert out["metrics"]["learner/sample_timeouts"] == 1.0  # this chunk's
+    assert out["counters"]["sample_timeouts"] == 2  # the run's
 
 
 def test_lost_unrolls_are_reported_in_the_metrics_and_counters():
