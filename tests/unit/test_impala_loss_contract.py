@@ -31,3 +31,59 @@ def test_total_loss_names_the_keys_it_got():
     message = "no 'main/' or 'aux/' terms among ['stats/a', 'stats/b']"
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         total_loss({"stats/b": torch.tensor(1.0), "stats/a": torch.tensor(2.0)})
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(model_out_logits=torch.zeros(3, 2)), "model_out_logits must be [T, B, A], got shape (3, 2)"),
+    (dict(actions=torch.zeros(2, 2, dtype=torch.int64)),
+     "actions has shape (2, 2), expected [T, B] = (3, 2)"),
+    (dict(behaviour_logits=torch.zeros(3, 2, 2)),
+     "behaviour_logits has shape (3, 2, 2), expected (3, 2, 3) like model_out_logits"),
+])
+def test_shape_errors_say_what_was_expected(change, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        impala_loss(**{**batch(), **change})
+
+
+def test_the_clips_reach_v_trace():
+    """Each clip changes the terms when it binds (ratios range widely in this batch)."""
+    b = batch(T=6, B=4, seed=3)
+    b["behaviour_logits"] = b["behaviour_logits"] * 3.0
+    base = impala_loss(**b, clip_rho=1.0, clip_pg_rho=1.0, clip_c=1.0)
+    for clip in ("clip_rho", "clip_pg_rho", "clip_c"):
+        other = impala_loss(**b, **{**dict(clip_rho=1.0, clip_pg_rho=1.0, clip_c=1.0), clip: 0.2})
+        changed = [k for k in ("main/pg", "main/baseline") if not torch.allclose(base[k], other[k])]
+        assert changed, clip
+    # clip_pg_rho only scales the policy-gradient advantage; the value targets stay.
+    pg_only = impala_loss(**b, clip_pg_rho=0.2)
+    torch.testing.assert_close(pg_only["main/baseline"], base["main/baseline"])
+
+
+def test_diagnostics_are_exact_on_a_single_step():
+    """T = B = 1: a mean over one step is that step, under either reduction."""
+    b = batch(T=1, B=1, seed=5)
+    b["behaviour_logits"] = b["model_out_logits"] + torch.tensor([0.0, 1.0, -1.0])
+    terms = impala_loss(**b, reduction="mean")
+    summed = impala_loss(**b, reduction="sum")
+    for key in ("main/pg", "main/baseline", "main/entropy"):
+        torch.testing.assert_close(terms[key], summed[key])
+    log_pi = torch.log_softmax(b["model_out_logits"], -1)
+    log_mu = torch.log_softmax(b["behaviour_logits"], -1)
+    a = b["actions"][0, 0]
+    ratio = torch.exp(log_pi[0, 0, a] - log_mu[0, 0, a])
+    torch.testing.assert_close(terms["stats/rho_mean"], ratio)
+    torch.testing.assert_close(terms["stats/value_mean"], b["values"][0, 0])
+    assert set(terms) == {"main/pg", "main/baseline", "main/entropy", "stats/rho_mean",
+                          "stats/clip_fraction", "stats/entropy", "stats/vs_mean",
+                          "stats/value_mean", "stats/pg_advantage_mean"}
+
+
+def test_clip_fraction_counts_ratios_strictly_above_rho_bar():
+    b = batch(T=4, B=3, seed=6)
+    b["behaviour_logits"] = b["model_out_logits"].clone()  # every ratio is exactly 1
+    assert float(impala_loss(**b, clip_rho=1.0)["stats/clip_fraction"]) == 0.0
+    assert float(impala_loss(**b, clip_rho=0.5)["stats/clip_fraction"]) == 1.0
+    b["behaviour_logits"] = b["model_out_logits"] - 5.0 * torch.nn.functional.one_hot(
+        b["actions"], 3)  # mu gives the taken action far less mass: ratios far above 1
+    assert float(impala_loss(**b, clip_rho=None)["stats/clip_fraction"]) == 0.0
+    assert float(impala_loss(**b, clip_rho=1.0)["stats/clip_fraction"]) == 1.0
