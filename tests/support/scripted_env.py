@@ -1,6 +1,6 @@
 """A gymnasium env whose observations say where they came from, for checking rollout wiring.
 
-Observation of env copy i: [seed mod 2^20, episode, t within the episode, steps since reset].
+Observation of env copy i: [seed mod SEED_MOD, episode, t within the episode, steps since reset].
 The first reset's seed (gymnasium's vector env hands copy i the seed `seed + i`) identifies the
 copy and the worker's seed; the step counter never restarts, so an observation is unique.
 Reward at a step = 10 * (steps since reset before the step) + action, so it pins the action
@@ -18,7 +18,7 @@ from gymnasium.spaces import Box, Discrete
 
 ENV_ID = "ScriptedCounter-v0"
 TASK = f"{__name__}:{ENV_ID}"
-SEED_MOD = 2**20
+SEED_MOD = 1_000_003  # a prime: it does not divide 2**31 or 2**32, so a wrong wrap shows
 
 
 def episode_length(seed_offset: int, episode: int) -> int:
