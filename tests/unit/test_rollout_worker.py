@@ -163,6 +163,12 @@ def test_seeds_wrap_into_int32_for_large_run_seeds():
     assert worker.actor_index == 1
 
 
+def test_a_first_start_is_reseed_zero():
+    cfg = make_worker().cfg
+    fresh = RolloutWorker(cfg, 1, describe("gym", TASK)).unroll()["obs"][0, :, 0]
+    np.testing.assert_array_equal(fresh, (env_seed(1, 0) + np.arange(M)) % SEED_MOD)
+
+
 def test_an_env_rebuilt_after_an_error_is_reseeded_from_the_worker_seed():
     seeds = []
     for _ in range(2):
