@@ -85,3 +85,11 @@ def test_the_learning_rate_decays_with_the_frames_consumed():
     lrs = [learner.update(hand_made_batch(seed=s))["learner/lr"] for s in range(5)]
     # 12 frames per update of 48: lr * (1 - 12k/48), floored at zero.
     assert lrs == pytest.approx([7.5e-3, 5e-3, 2.5e-3, 0.0, 0.0])
+
+
+def test_resume_restores_the_run_of_skipped_updates():
+    learner = make_learner(max_nonfinite_run=3)
+    state = learner.state_dict()
+    state["counters"].update(nonfinite_total=5, nonfinite_run=2)
+    learner.load_state_dict(state)
+    assert (learner.nonfinite.total, learner.nonfinite.run) == (5, 2)

@@ -110,3 +110,14 @@ def test_a_task_missing_from_the_batch_gives_its_head_no_gradient_and_the_torso_
     got = torch.cat([p.grad.flatten() for p in learner.model.shared_parameters()])
     torch.testing.assert_close(got, g, rtol=2e-4, atol=1e-6)
     assert not any(p.grad.any() for p in learner.model.task_parameters()[1])
+
+
+def test_a_task_with_a_single_column_is_a_task_not_a_missing_one():
+    learner = make_learner("pcgrad", {"seed": 0}, True, "sum")
+    batch = hand_made_batch(task_id=(0, 0, 1), seed=5)
+    model = copy.deepcopy(learner.model)
+    learner.update(batch)
+    _, head_grads, _ = reference_step(model, make_combiner("pcgrad", seed=0), batch, learner.lcfg)
+    got = torch.cat([p.grad.flatten() for p in learner.model.task_parameters()[1]])
+    assert head_grads[1].abs().sum() > 0
+    torch.testing.assert_close(got, head_grads[1], rtol=2e-4, atol=1e-6)
