@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/laptop.yaml
 
-.PHONY: install run test test-fast bench clean
+.PHONY: install run test test-fast bench clean mutation
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,3 +33,12 @@ bench: install
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis
+
+# Mutation testing (not part of `make test`): MUTANTS is a mutmut name glob, e.g.
+# MUTANTS='learner.impala.loss.*'; one worker by default (the tests are single-threaded).
+MUTANTS ?=
+MUTATION_WORKERS ?= 1
+mutation: install
+	$(BIN)/pip install -q -e ".[test,mutation]"
+	OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children $(MUTATION_WORKERS) $(MUTANTS)
+	$(BIN)/python tests/mutation_report.py

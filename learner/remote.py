@@ -1,12 +1,11 @@
-"""The learner actor: pulls batches from the queue/replay service through its algorithm's
-`BatchSource`, steps the `Algorithm`, publishes the actors' weights every k updates and writes
-checkpoints. It knows no algorithm (see learner/algorithm.py). The driver calls `train` in
-short chunks so it can log, checkpoint and stop between them.
+"""The learner actor: a thin Ray wrapper around `LearnerWorker` (learner/worker.py), which pulls
+batches from the queue/replay service through its algorithm's `BatchSource`, steps the
+`Algorithm` and publishes the actors' weights every k updates. This actor adds what needs Ray
+(resolving requests, the object store, the weight store) and the checkpoints. It knows no
+algorithm (see learner/algorithm.py). The driver calls `train` in short chunks so it can log,
+checkpoint and stop between them.
 """
 from __future__ import annotations
-
-import time
-from collections import defaultdict
 
 import numpy as np
 import ray
@@ -14,6 +13,7 @@ import torch
 
 from learner.algorithm import build_algorithm, build_source
 from learner.checkpoint import load_checkpoint, save_checkpoint
+from learner.worker import LearnerWorker
 
 
 def resolve_device(requested: str) -> str:
@@ -35,8 +35,8 @@ class LearnerActor:
         self.device = resolve_device(cfg.learner.device)
         self.learner = build_algorithm(cfg, spec, self.device)
         self.source = build_source(cfg, service)
-        self._pending = None
-        self.published_version = -1
+        self.worker = LearnerWorker(self.learner, self.source, cfg.learner.publish_every,
+                                    publish_weights=self._publish_weights, fetch=ray.get)
 
     def device_name(self) -> str:
         return self.device
@@ -50,51 +50,15 @@ class LearnerActor:
         return str(save_checkpoint(run_dir, self.learner.state_dict(), self.learner.updates, keep))
 
     def publish(self) -> int:
-        ref = ray.put(self.learner.actor_weights())  # once, however many actors read it
-        ray.get(self.weight_store.publish.remote(self.learner.updates, [ref]))
-        self.published_version = self.learner.updates
-        return self.published_version
+        return self.worker.publish()
 
     def counters(self) -> dict:
-        return {"updates": self.learner.updates, "frames": self.learner.frames,
-                "nonfinite_total": self.learner.nonfinite_total, "lost_unrolls": self.source.lost,
-                "version": self.published_version}
+        return self.worker.counters()
 
     def train(self, max_updates: int, max_seconds: float) -> dict:
         """Run up to `max_updates` updates or `max_seconds`; returns the chunk's metrics."""
-        start = time.monotonic()
-        sums: dict[str, float] = defaultdict(float)
-        counts: dict[str, int] = defaultdict(int)  # a skipped update reports fewer keys
-        episodes, lags = [], []
-        waited, done = 0.0, 0
-        while done < max_updates and time.monotonic() - start < max_seconds:
-            if self._pending is None:
-                self._pending = self.source.request()
-            t0 = time.monotonic()
-            reply = ray.get(self._pending)
-            # Ask for the next batch now so it is on its way while this update runs.
-            self._pending = self.source.request()
-            batch = self.source.receive(reply)
-            waited += time.monotonic() - t0
-            if batch is None:
-                continue
-            # Lag: updates since the behaviour weights, as of the weights this update starts from.
-            lags.extend(self.learner.updates - batch["versions"])
-            metrics = self.learner.update(batch)
-            for key, value in metrics.items():
-                sums[key] += value
-                counts[key] += 1
-            episodes.extend(batch["episodes"].tolist())
-            done += 1
-            if self.learner.updates % self.cfg.learner.publish_every == 0:
-                self.publish()
-        elapsed = time.monotonic() - start
-        out = {k: v / counts[k] for k, v in sums.items()}
-        out["learner/nonfinite_total"] = float(self.learner.nonfinite_total)  # a counter, not a mean
-        out.update({
-            "learner/updates_in_chunk": float(done), "learner/seconds": elapsed,
-            "learner/wait_fraction": waited / max(elapsed, 1e-9),
-            "learner/lag_mean": float(np.mean(lags)) if lags else 0.0,
-            "learner/lost_unrolls": float(self.source.lost),
-        })
-        return {"metrics": out, "episodes": episodes, "counters": self.counters()}
+        return self.worker.train(max_updates, max_seconds)
+
+    def _publish_weights(self, version: int, weights: dict) -> None:
+        ref = ray.put(weights)  # once, however many actors read it
+        ray.get(self.weight_store.publish.remote(version, [ref]))

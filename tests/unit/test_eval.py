@@ -4,12 +4,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from accord.config import load_config, to_yaml
-from learner.checkpoint import save_checkpoint
 import numpy as np
+import torch
 
+from accord.config import config_from_dict, load_config, to_yaml
 from envs import EnvSpec
+from learner.checkpoint import save_checkpoint
 from learner.impala.learner import ImpalaLearner as Learner
+from tests.support.swapped_cartpole import TASK as SWAPPED
 
 SPEC = EnvSpec((4,), np.dtype(np.float32), num_actions=2)
 
@@ -36,3 +38,47 @@ def test_eval_of_a_missing_checkpoint_is_a_clear_error(tmp_path):
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 1
     assert "no such checkpoint" in out.stderr
+
+
+def balancing_weights(learner: Learner, signs) -> None:
+    """Hand-set weights that balance CartPole: push right iff theta + 0.5 theta_dot > 0; head k
+    with sign -1 takes the opposite action, which balances the swapped CartPole. The tanh MLP
+    carries the sign of that sum through one unit per layer; every other weight is zero."""
+    with torch.no_grad():
+        for p in learner.model.parameters():
+            p.zero_()
+        first, second = [m for m in learner.model.torso.modules() if isinstance(m, torch.nn.Linear)]
+        first.weight[0] = torch.tensor([0.0, 0.0, 1.0, 0.5]) * 100.0
+        second.weight[0, 0] = 10.0
+        for head, sign in zip(learner.model.heads, signs):
+            head.weight[1, 0], head.weight[0, 0] = 10.0 * sign, -10.0 * sign  # actions 1, 0
+
+
+def run_eval(run_dir, *args):
+    out = subprocess.run([sys.executable, "-m", "accord.cli", "eval", str(run_dir), *args],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return {m.group(1): float(m.group(2)) for m in
+            re.finditer(r"^(\S+): mean return ([\d.]+) ± [\d.]+ over \d+ episodes", out.stdout, re.M)}
+
+
+def test_eval_plays_the_checkpoint_weights_with_each_task_head(tmp_path):
+    """A checkpoint whose head 0 balances CartPole and head 1 balances the swapped CartPole
+    scores the 500 cap on both tasks; with the heads exchanged it fails both. Eval that ignored
+    the checkpoint, or used one head for every task, could not tell these apart."""
+    cfg = config_from_dict({
+        "env": {"kind": "gym", "tasks": ["CartPole-v1", SWAPPED], "envs_per_actor": 2},
+        "actors": {"num_actors": 2},
+        "learner": {"model": "mlp", "batch_size": 2, "per_task_heads": True},
+    })
+    results = {}
+    for name, signs in (("right", (1.0, -1.0)), ("exchanged", (-1.0, 1.0))):
+        run_dir = tmp_path / name
+        (run_dir / "checkpoints").mkdir(parents=True)
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        learner = Learner(cfg, SPEC)
+        balancing_weights(learner, signs)
+        save_checkpoint(run_dir, learner.state_dict(), step=1)
+        results[name] = run_eval(run_dir, "--episodes", "3", "--greedy")
+    assert results["right"] == {"CartPole-v1": 500.0, SWAPPED: 500.0}
+    assert max(results["exchanged"].values()) < 50.0

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 
+import re
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -120,19 +122,28 @@ def test_episode_end_cuts_the_trace():
     assert not torch.allclose(vs[3:], vs_changed[3:])
 
 
-@pytest.mark.parametrize("name", ["behaviour_logp", "target_logp", "rewards", "discounts",
-                                  "values", "bootstrap_value"])
+SHAPE_ERRORS = {  # T = 4, B = 3; the named argument lost its last row
+    "behaviour_logp": "behaviour_logp has shape (3, 3), expected [T, B] = (4, 3) like values",
+    "target_logp": "target_logp has shape (3, 3), expected [T, B] = (4, 3) like values",
+    "rewards": "rewards has shape (3, 3), expected [T, B] = (4, 3) like values",
+    "discounts": "discounts has shape (3, 3), expected [T, B] = (4, 3) like values",
+    "values": "behaviour_logp has shape (4, 3), expected [T, B] = (3, 3) like values",
+    "bootstrap_value": "bootstrap_value has shape (2,), expected [B] = (3,) (values is (4, 3))",
+}
+
+
+@pytest.mark.parametrize("name", list(SHAPE_ERRORS))
 def test_shape_mismatch_raises_naming_the_argument(name):
     inputs = random_unroll(4, 3, seed=0)
     inputs[name] = inputs[name][:-1]
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(ValueError, match=f"^{re.escape(SHAPE_ERRORS[name])}$"):
         vtrace(**inputs)
 
 
 def test_values_must_be_two_dimensional():
     inputs = random_unroll(4, 3, seed=0)
     inputs["values"] = inputs["values"].reshape(-1)
-    with pytest.raises(ValueError, match="values"):
+    with pytest.raises(ValueError, match=re.escape("values must be [T, B], got shape (12,)")):
         vtrace(**inputs)
 
 
