@@ -55,12 +55,13 @@ def test_terminating_rewards_end_the_episode_and_others_do_not():
 
 
 def test_the_random_end_has_chance_one_in_a_hundred_and_pays_nothing():
+    # The agents stand on a penalty cell: an end that paid the cell's reward would show.
     world = open_world(noise=0.1, end_probability=0.01, rewards=[((6, 7), -1.0, False)])
     n = 200_000
-    start = np.tile(at((7, 7)), (n, 1))
+    start = np.tile(at((6, 7)), (n, 1))
     out = world.step(start, np.full(n, UP), np.random.default_rng(2))
     assert abs(out.ended_by_chance.mean() - 0.01) < 0.0015  # 6 sigma is 0.0013
-    assert (out.pos[out.ended_by_chance] == [7, 7]).all()
+    assert (out.pos[out.ended_by_chance] == [6, 7]).all()
     assert (out.reward[out.ended_by_chance] == 0).all()
     assert (out.terminated == out.ended_by_chance).all()  # nothing else terminates here
 
