@@ -5,7 +5,8 @@ Keys are slash-separated (`loss/main/pg`, `return/breakout`); Ray metric names r
 separators, since Prometheus allows only [a-zA-Z0-9_:].
 
 Every CSV row carries `wall_time`: seconds since the run started, continued across `--resume`
-from the last row already in the file, so curves of several sessions join up on one axis.
+from the last row already in the file, so curves of several sessions join up on one axis
+(the time between sessions, while no process ran, is not counted).
 TensorBoard events keep their own wall clock and Ray gauges are live, so neither gets it.
 """
 from __future__ import annotations
