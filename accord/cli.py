@@ -87,7 +87,7 @@ def evaluate(
 
 @app.command("plot")
 def plot(
-    run_dirs: list[Path] = typer.Argument(..., metavar="RUN_DIR...", help="Run directories to overlay (each needs a metrics.csv)."),
+    run_dirs: list[Path] = typer.Argument(..., metavar="RUN_DIR", help="Run directories to overlay (each needs a metrics.csv)."),
     out: Optional[Path] = typer.Option(None, help="Where the PNGs go (default: RUN_DIR/plots of the first run)."),
 ) -> None:
     """Draw returns, success rates, losses and combiner statistics of runs as PNG files."""
