@@ -1,7 +1,8 @@
-"""`accord`: train, eval and bench from the command line.
+"""`accord`: train, eval, plot and bench from the command line.
 
     accord train CONFIG [--set a.b=v ...] [--address ADDR] [--resume RUN_DIR]
     accord eval CHECKPOINT [--episodes N]
+    accord plot RUN_DIR [RUN_DIR ...] [--out DIR]
     accord bench throughput|combiners|sac|mt10 [...]
 
 A bad config prints one line naming the field and exits 2 before Ray or any actor starts.
@@ -82,6 +83,23 @@ def evaluate(
     rates = [r.success_rate for r in results.values() if r.success_rate is not None]
     if len(rates) > 1:
         typer.echo(f"mean success rate {sum(rates) / len(rates):.2f} over {len(rates)} tasks")
+
+
+@app.command("plot")
+def plot(
+    run_dirs: list[Path] = typer.Argument(..., metavar="RUN_DIR", help="Run directories to overlay (each needs a metrics.csv)."),
+    out: Optional[Path] = typer.Option(None, help="Where the PNGs go (default: RUN_DIR/plots of the first run)."),
+) -> None:
+    """Draw returns, success rates, losses and combiner statistics of runs as PNG files."""
+    from accord.plot import plot_runs
+
+    try:
+        written = plot_runs(run_dirs, out if out is not None else run_dirs[0] / "plots")
+    except (FileNotFoundError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1)
+    for path in written:
+        typer.echo(str(path))
 
 
 @bench_app.command("throughput")

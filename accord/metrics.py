@@ -3,15 +3,25 @@
 
 Keys are slash-separated (`loss/main/pg`, `return/breakout`); Ray metric names replace the
 separators, since Prometheus allows only [a-zA-Z0-9_:].
+
+Every CSV row carries `wall_time`: seconds since the run started, continued across `--resume`
+from the last row already in the file, so curves of several sessions join up on one axis
+(the time between sessions, while no process ran, is not counted).
+TensorBoard events keep their own wall clock and Ray gauges are live, so neither gets it.
 """
 from __future__ import annotations
 
 import csv
+import math
 import re
+import time
 from collections import defaultdict, deque
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+
+WALL_TIME = "wall_time"
 
 
 class EpisodeTracker:
@@ -61,7 +71,8 @@ def _ray_name(key: str) -> str:
 class MetricsSink:
     """Writes rows of scalar metrics to metrics.csv, TensorBoard and Ray gauges."""
 
-    def __init__(self, run_dir: str | Path, use_ray: bool = True, tensorboard: bool = True):
+    def __init__(self, run_dir: str | Path, use_ray: bool = True, tensorboard: bool = True,
+                 clock: Callable[[], float] = time.monotonic):
         self.run_dir = Path(run_dir)
         self.csv_path = self.run_dir / "metrics.csv"
         self._columns: list[str] = []
@@ -71,6 +82,9 @@ class MetricsSink:
                 reader = csv.DictReader(fh)
                 self._columns = list(reader.fieldnames or [])
                 self._rows = list(reader)
+        self._clock = clock
+        self._started = clock()
+        self._wall_offset = self._last_wall_time()
         self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -79,8 +93,26 @@ class MetricsSink:
         self._use_ray = use_ray
         self._gauges: dict = {}
 
+    def _last_wall_time(self) -> float:
+        """The wall time the previous session ended at (0 for a new run, or for a CSV written
+        before the column existed); a resumed run's clock continues from there."""
+        for old in reversed(self._rows):
+            cell = old.get(WALL_TIME) or ""
+            if cell:
+                value = float(cell)
+                if not math.isfinite(value) or value < 0:
+                    raise ValueError(f"{self.csv_path}: bad {WALL_TIME} {cell!r} in the last row")
+                return value
+        return 0.0
+
+    def wall_time(self) -> float:
+        """Seconds since the run started, counting earlier sessions of a resumed run."""
+        return self._wall_offset + (self._clock() - self._started)
+
     def write(self, step: int, row: dict[str, float]) -> None:
-        row = {"step": step, **{k: float(v) for k, v in row.items()}}
+        if WALL_TIME in row:
+            raise ValueError(f"{WALL_TIME!r} is written by the sink itself; drop it from the row")
+        row = {"step": step, WALL_TIME: self.wall_time(), **{k: float(v) for k, v in row.items()}}
         new = [k for k in row if k not in self._columns]
         self._rows.append(row)
         if new:
@@ -92,7 +124,7 @@ class MetricsSink:
                 csv.DictWriter(fh, self._columns).writerow(row)
         if self._tb is not None:
             for key, value in row.items():
-                if key != "step":
+                if key not in ("step", WALL_TIME):
                     self._tb.add_scalar(key, value, step)
             self._tb.flush()
         if self._use_ray:
@@ -110,7 +142,7 @@ class MetricsSink:
         from ray.util.metrics import Gauge
 
         for key, value in row.items():
-            if key == "step":
+            if key in ("step", WALL_TIME):
                 continue
             gauge = self._gauges.get(key)
             if gauge is None:

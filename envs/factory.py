@@ -20,6 +20,7 @@ from .spec import EnvSpec
 KINDS: dict[str, str] = {
     "atari": ".atari",  # relative to this package; an absolute module path works too
     "gym": ".gym_vector",
+    "gridworld": ".gridworld",
     "metaworld": ".metaworld",
 }
 

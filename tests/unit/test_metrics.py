@@ -24,8 +24,9 @@ def test_csv_header_widens_and_keeps_old_rows(tmp_path):
     sink.write(2, {"loss/total": 1.25, "fps": 110})
     sink.write(3, {"loss/total": 1.0, "return/pong": -21})
     header, rows = read_csv(tmp_path / "metrics.csv")
-    assert header == ["step", "loss/total", "fps", "return/pong"]
+    assert header == ["step", "wall_time", "loss/total", "fps", "return/pong"]
     assert [r["step"] for r in rows] == ["1", "2", "3"]
+    del rows[0]["wall_time"]
     assert rows[0] == {"step": "1", "loss/total": "1.5", "fps": "100.0", "return/pong": ""}
     assert rows[2]["fps"] == "" and float(rows[2]["return/pong"]) == -21.0
     assert not (tmp_path / "metrics.tmp").exists()
@@ -38,7 +39,7 @@ def test_rows_with_known_columns_are_appended(tmp_path):
     sink.write(2, {"b": 3.0})  # a missing key leaves its cell empty
     sink.write(3, {"a": 4.0, "b": 5.0})
     text = (tmp_path / "metrics.csv").read_text().splitlines()
-    assert text[0] == "step,a,b"
+    assert text[0] == "step,wall_time,a,b"
     assert len(text) == 4
     _, rows = read_csv(tmp_path / "metrics.csv")
     assert [(r["a"], r["b"]) for r in rows] == [("1.0", "2.0"), ("", "3.0"), ("4.0", "5.0")]
@@ -69,13 +70,13 @@ def test_a_resumed_sink_appends_to_the_same_csv(tmp_path):
     resumed = MetricsSink(tmp_path, use_ray=False, tensorboard=False)
     resumed.write(3, {"a": 3.0})
     header, rows = read_csv(tmp_path / "metrics.csv")
-    assert header == ["step", "a"]
+    assert header == ["step", "wall_time", "a"]
     assert [(r["step"], r["a"]) for r in rows] == [("1", "1.0"), ("2", "2.0"), ("3", "3.0")]
 
     # A new column after a resume rewrites the file with the old rows kept.
     resumed.write(4, {"a": 4.0, "b": 9.0})
     header, rows = read_csv(tmp_path / "metrics.csv")
-    assert header == ["step", "a", "b"]
+    assert header == ["step", "wall_time", "a", "b"]
     assert [r["step"] for r in rows] == ["1", "2", "3", "4"]
     assert [r["b"] for r in rows] == ["", "", "", "9.0"]
     resumed.close()
