@@ -22,7 +22,7 @@ class _Section(BaseModel):
 
 
 class EnvConfig(_Section):
-    kind: Literal["atari", "gym", "metaworld"] = Field("atari", description="Environment family.")
+    kind: Literal["atari", "gym", "metaworld", "gridworld"] = Field("atari", description="Environment family (gridworld: paper 000, App. F).")
     tasks: tuple[str, ...] = Field(
         ("breakout",), min_length=1,
         description="One task per entry: Atari game ids, gymnasium ids or Meta-World env names "
@@ -206,8 +206,11 @@ class ExperimentConfig(_Section):
                     f"per batch (learner.batch_size / env.envs_per_actor) by one, or inserts deadlock")
         if self.env.kind == "atari" and self.learner.model == "mlp":
             raise ValueError("learner.model: 'mlp' cannot read Atari frames; use 'nature' or 'resnet'")
-        if self.env.kind == "gym" and self.learner.model in ("nature", "resnet"):
-            raise ValueError(f"learner.model: {self.learner.model!r} expects 84x84 frames; use 'mlp' or 'auto' for gym vector observations")
+        if self.env.kind != "atari" and self.learner.model in ("nature", "resnet"):
+            raise ValueError(f"learner.model: {self.learner.model!r} expects 84x84 frames; use 'mlp' or "
+                             f"'auto' for the vector observations of {self.env.kind!r}")
+        if sac and self.env.kind == "gridworld":
+            raise ValueError("learner.algorithm: the gridworld has discrete actions; use 'impala'")
         combiner = self.learner.combiner
         if combiner.name == "olaux" and combiner.options.get("log_losses", True):
             # OL-AUX's adaptive loss balancing takes log L_aux; a V-trace task loss can be negative.
