@@ -50,9 +50,13 @@ class ReplayConfig(_Section):
     learning_starts: int = Field(
         1_500, ge=1, description="Transitions per task before the learner samples; until the first "
                                  "update is published, actors act uniformly at random.")
-    samples_per_insert: float | None = Field(
-        None, gt=0, description="Rate limit (Reverb's SampleToInsertRatio): sampled transitions per "
-                                "inserted one; None lets actors and learner run free.")
+    samples_per_insert: float | Literal["auto"] | None = Field(
+        "auto", description="Rate limit (Reverb's SampleToInsertRatio): sampled transitions per "
+                            "inserted one. auto: learner.sac.batch_per_task, i.e. one update per "
+                            "env step of every task, SAC's usual ratio; None lets actors and "
+                            "learner run free (fastest, but the update-to-data ratio then "
+                            "depends on the hardware).")
+
     tolerance: float = Field(
         0.0, ge=0, description="How far, in sampled transitions, the ratio may drift before the "
                                "faster side waits; 0 picks the smallest that cannot deadlock.")
@@ -166,6 +170,24 @@ class ExperimentConfig(_Section):
 
     @model_validator(mode="before")
     @classmethod
+    def _resolve_auto_ratio(cls, tree: Any) -> Any:
+        """replay.samples_per_insert: auto becomes a number here, so the rest of the system
+        (and the run's config.yaml) sees the ratio it runs with."""
+        if not isinstance(tree, dict):
+            return tree
+        replay = tree.get("replay")
+        replay = {} if replay is None else replay
+        if not isinstance(replay, dict) or replay.get("samples_per_insert", "auto") != "auto":
+            return tree
+        learner = tree.get("learner") if isinstance(tree.get("learner"), dict) else {}
+        sac = learner.get("sac") if isinstance(learner.get("sac"), dict) else {}
+        batch = sac.get("batch_per_task", SacConfig.model_fields["batch_per_task"].default)
+        if not isinstance(batch, int) or isinstance(batch, bool):
+            return tree  # its own validation names the bad field
+        return {**tree, "replay": {**replay, "samples_per_insert": float(batch)}}
+
+    @model_validator(mode="before")
+    @classmethod
     def _benchmark_tasks(cls, tree: Any) -> Any:
         """Meta-World's MT10/MT50 define their own tasks (in the benchmark's order: task ids)."""
         env = tree.get("env") if isinstance(tree, dict) else None
@@ -194,6 +216,9 @@ class ExperimentConfig(_Section):
             raise ValueError(f"env.benchmark: only for env.kind 'metaworld', not {self.env.kind!r}")
         if self.env.benchmark == "MT1" and len(self.env.tasks) != 1:
             raise ValueError(f"env.tasks: MT1 trains one task, got {len(self.env.tasks)}")
+        spi = self.replay.samples_per_insert
+        if spi is not None and spi <= 0:
+            raise ValueError(f"replay.samples_per_insert: must be > 0 (or auto, or null for no limit), got {spi}")
         if sac:
             self._check_replay()
         else:

@@ -214,3 +214,20 @@ def test_override_cannot_descend_into_a_value(tmp_path):
 def test_task_names_are_made_canonical():
     cfg = load_config(None, ["env.tasks=[BreakoutNoFrameskip-v4, ALE/Pong-v5]", "actors.num_actors=2"])
     assert cfg.env.tasks == ("breakout", "pong")
+
+
+def test_sac_rate_limit_defaults_to_one_update_per_env_step_of_every_task():
+    sac = ["env.kind=gym", "env.tasks=[Pendulum-v1]", "learner.algorithm=sac"]
+    assert load_config(None, sac).replay.samples_per_insert == 128.0  # learner.sac.batch_per_task
+    assert load_config(None, [*sac, "learner.sac.batch_per_task=64"]).replay.samples_per_insert == 64.0
+    assert load_config(None, [*sac, "replay.samples_per_insert=null"]).replay.samples_per_insert is None
+    assert load_config(None, [*sac, "replay.samples_per_insert=3"]).replay.samples_per_insert == 3.0
+    with pytest.raises(ConfigError, match=r"^replay\.samples_per_insert: must be > 0"):
+        load_config(None, [*sac, "replay.samples_per_insert=0"])
+
+
+def test_a_config_naming_only_the_env_and_the_algorithm_is_complete():
+    cfg = load_config(None, ["env.kind=gym", "env.tasks=[Pendulum-v1]", "learner.algorithm=sac"])
+    assert cfg.learner.model == "auto" and cfg.learner.sac.model == "mtsac"
+    with pytest.raises(ConfigError, match=r"^learner\.algorithm: .*Box"):
+        load_config(None, ["env.kind=gym", "env.tasks=[Pendulum-v1]"])
