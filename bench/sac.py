@@ -64,7 +64,7 @@ class NaivePCGradSplit:
 
 def _learner(K: int, combiner: str, hidden: tuple[int, ...], device: str) -> SacLearner:
     cfg = config_from_dict({
-        "env": {"kind": "metaworld", "tasks": [f"task{k}" for k in range(K)]},
+        "env": {"kind": "gym", "tasks": [f"task{k}" for k in range(K)]},  # shapes only: no env is made
         "actors": {"num_actors": K},
         "learner": {"model": "mlp", "algorithm": "sac",
                     "combiner": {"name": "sum" if combiner == "sum" else "pcgrad",

@@ -37,7 +37,7 @@ PENDULUM_TARGET = -400.0
 
 
 def test_sac_learns_pendulum(tmp_path):
-    rows = _train(tmp_path, "configs/pendulum_sac.yaml", "run.total_frames=12000")
+    rows = _train(tmp_path, "configs/pendulum_sac.yaml", "run.total_frames=10000")
     returns = _column(rows, "return/Pendulum-v1")
     assert returns[0] < -900, f"the first episodes should be random, got {returns[0]}"
     # The run ends with an evaluation of the deterministic policy on fresh episodes.
