@@ -30,6 +30,13 @@ def _fail_config(message: str) -> None:
     raise typer.Exit(EXIT_CONFIG)
 
 
+def _load_or_exit(config: Path, overrides: list[str]):
+    try:
+        return load_config(config, overrides)
+    except ConfigError as exc:
+        _fail_config(str(exc))
+
+
 @app.command()
 def train(
     config: Optional[Path] = typer.Argument(None, help="Experiment YAML (optional with --resume)."),
@@ -110,10 +117,7 @@ def bench_throughput(
     set_: list[str] = typer.Option([], "--set", help="Config overrides."),
 ) -> None:
     """Raw AtariVectorEnv frames/s vs the actor fleet's frames/s with the queue drained."""
-    try:
-        cfg = load_config(config, set_)
-    except ConfigError as exc:
-        _fail_config(str(exc))
+    cfg = _load_or_exit(config, set_)
     from bench.throughput import main as throughput_main
 
     throughput_main(cfg, seconds, use_learner=learner)
@@ -126,10 +130,7 @@ def bench_mt10(
     set_: list[str] = typer.Option([], "--set", help="Config overrides."),
 ) -> None:
     """MT10 env steps/s end to end (actors, replay, SAC learner) vs the raw Meta-World envs."""
-    try:
-        cfg = load_config(config, set_)
-    except ConfigError as exc:
-        _fail_config(str(exc))
+    cfg = _load_or_exit(config, set_)
     from bench.mt10 import main as mt10_main
 
     mt10_main(cfg, seconds)
