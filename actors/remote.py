@@ -4,11 +4,13 @@ transition chunks (`TransitionWorker`) into the replay shards that hold their ta
 
 Unrolls go to the object store with `ray.put` and the queue holds references; this actor owns
 them, so unrolls still queued when it dies are lost: the learner skips and counts them.
-Transition chunks are copied into the replay table, so nothing is lost with the actor. The loop starts in `__init__`, so
-when Ray restarts a dead actor (`max_restarts`) the new incarnation resyncs the newest weights
-and carries on with no call from the driver.
-Pipelining: the next unroll is stepped while the previous insert and the weight-version query
-are in flight; a full queue blocks the insert, which is the back-pressure.
+Transition chunks are copied into the replay table, so nothing is lost with the actor.
+The loop starts in `__init__`, so when Ray restarts a dead actor (`max_restarts`) the new
+incarnation resyncs the newest weights and carries on with no call from the driver.
+Pipelining: the next unroll (or chunk) is stepped while the previous inserts and the
+weight-version query are in flight; a full queue, or a replay shard's rate limiter, holds the
+insert back, which is the back-pressure. A chunk's parts go to all their shards before any
+reply is awaited, so one waiting shard never starves another.
 """
 from __future__ import annotations
 
