@@ -246,24 +246,10 @@ class ExperimentConfig(_Section):
         return self
 
     def _check_replay(self) -> None:
-        from replay.rate_limiter import check_rate_limit, min_tolerance
-        from replay.sharding import shard_settings
+        # The same checks the replay service runs before it starts its shards.
+        from replay.sharding import checked_shard_settings
 
-        replay = self.replay
-        if replay.capacity_per_task < replay.learning_starts:
-            raise ValueError(f"replay.capacity_per_task: {replay.capacity_per_task} cannot hold the "
-                             f"{replay.learning_starts} transitions of replay.learning_starts")
-        if replay.shards > len(self.env.tasks):
-            raise ValueError(f"replay.shards: {replay.shards} shards for {len(self.env.tasks)} tasks "
-                             f"would leave a shard without a task")
-        spi = replay.samples_per_insert
-        if spi is not None:
-            # Per shard: its largest insert (one actor's chunk of the shard's tasks) against its
-            # sample (the batch rows of its tasks); some ratios leave both sides waiting forever.
-            for shard in range(replay.shards):
-                s = shard_settings(self, len(self.env.tasks), shard)
-                tolerance = replay.tolerance or min_tolerance(spi, s["max_insert"], s["max_sample"])
-                check_rate_limit(spi, tolerance, s["max_insert"], s["max_sample"])
+        checked_shard_settings(self)
 
     @property
     def frames_per_step(self) -> int:

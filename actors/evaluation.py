@@ -7,17 +7,15 @@ success; IMPALA samples from its policy unless `greedy`.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 
+from actors.policy import policy_network
 from actors.rollout import env_options
 from envs import make_vec_env
-from models.actor_critic import build_model
-from models.sac import build_sac_actor
 
 Act = Callable[[np.ndarray, torch.Tensor], np.ndarray]
 
@@ -32,13 +30,7 @@ class TaskResult:
 
 def build_eval_policy(cfg, spec, weights: dict, greedy: bool = False) -> Act:
     """An act function from the weights actors run (`Algorithm.actor_weights()`)."""
-    if cfg.learner.algorithm == "sac":
-        sac = cfg.learner.sac
-        model = build_sac_actor(sac.model, math.prod(spec.obs_shape), spec.action_dim,
-                                len(cfg.env.tasks), sac.hidden)
-    else:
-        model = build_model(cfg.learner.model, spec.obs_shape, spec.num_actions,
-                            len(cfg.env.tasks), cfg.learner.per_task_heads)
+    model = policy_network(cfg, spec)
     model.load_state_dict({k: torch.tensor(v) for k, v in weights.items()})
     model.eval()
 

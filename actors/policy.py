@@ -10,7 +10,19 @@ import math
 import numpy as np
 import torch
 
+from models.actor_critic import build_model
 from models.sac import build_sac_actor
+
+
+def policy_network(cfg, spec) -> torch.nn.Module:
+    """The network rollout actors and evaluation act with, the one the learner's
+    `actor_weights()` fill: IMPALA's actor-critic or SAC's tanh-Gaussian actor."""
+    if cfg.learner.algorithm == "sac":
+        sac = cfg.learner.sac
+        return build_sac_actor(sac.model, math.prod(spec.obs_shape), spec.action_dim,
+                               len(cfg.env.tasks), sac.hidden)
+    return build_model(cfg.learner.model, spec.obs_shape, spec.num_actions, len(cfg.env.tasks),
+                       cfg.learner.per_task_heads)
 
 
 class GaussianPolicy:
@@ -19,9 +31,7 @@ class GaussianPolicy:
     warm-up prescribes, so the replay does not start out filled by one arbitrary policy."""
 
     def __init__(self, cfg, spec, seed: int):
-        sac = cfg.learner.sac
-        self.model = build_sac_actor(sac.model, math.prod(spec.obs_shape), spec.action_dim,
-                                     len(cfg.env.tasks), sac.hidden).eval()
+        self.model = policy_network(cfg, spec).eval()
         self.action_dim = spec.action_dim
         self.version = -1
         self.generator = torch.Generator().manual_seed(seed)

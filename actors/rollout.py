@@ -20,8 +20,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from actors.policy import policy_network
 from envs import make_multitask_vec_env, make_vec_env
-from models.actor_critic import build_model
 
 
 class RolloutWorker:
@@ -33,8 +33,7 @@ class RolloutWorker:
         self.env = make_actor_env(cfg, actor_index, seed)
         self.task_id = int(self.env.task_ids[0])
         self.task_name = tasks[self.task_id]
-        self.model = build_model(cfg.learner.model, spec.obs_shape, spec.num_actions, len(tasks),
-                                 cfg.learner.per_task_heads)
+        self.model = policy_network(cfg, spec)
         self.model.eval()
         self.version = -1
         self.generator = torch.Generator().manual_seed(seed)

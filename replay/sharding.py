@@ -72,11 +72,11 @@ def replay_shard_name(run_id: str, shard: int) -> str:
     return f"accord-replay-{run_id}-{shard}"
 
 
-def start_replay_shards(cfg, spec, run_id: str) -> list:
-    """Create the replay actors `accord-replay-<run_id>-<s>`, one per shard; the handles are in
-    shard order. Settings that could deadlock raise ValueError before any actor starts."""
-    from replay.replay_service import ReplayActor  # Ray only here: config checks import this module
-
+def checked_shard_settings(cfg) -> list[dict]:
+    """Every shard's settings (`shard_settings`), after the checks that keep a run from
+    deadlocking: the minimum size fits the capacity, no shard is empty, and the rate limit's
+    tolerance covers one insert and one sample. Config validation and `start_replay_shards`
+    both call this, so the two can never disagree."""
     num_tasks = len(cfg.env.tasks)
     if cfg.replay.learning_starts > cfg.replay.capacity_per_task:
         raise ValueError(f"replay.learning_starts: {cfg.replay.learning_starts} exceeds "
@@ -87,8 +87,18 @@ def start_replay_shards(cfg, spec, run_id: str) -> list:
         if spi is not None:
             check_rate_limit(spi, tolerance or min_tolerance(spi, s["max_insert"], s["max_sample"]),
                              s["max_insert"], s["max_sample"])
+    return settings
+
+
+def start_replay_shards(cfg, spec, run_id: str) -> list:
+    """Create the replay actors `accord-replay-<run_id>-<s>`, one per shard; the handles are in
+    shard order. Settings that could deadlock raise ValueError before any actor starts."""
+    from replay.replay_service import ReplayActor  # Ray only here: config checks import this module
+
+    settings = checked_shard_settings(cfg)
     return [
         ReplayActor.options(name=replay_shard_name(run_id, shard)).remote(
             shard, s["task_ids"], spec, cfg.replay.capacity_per_task, cfg.replay.learning_starts,
-            spi, tolerance, s["max_insert"], s["max_sample"], cfg.run.seed)
+            cfg.replay.samples_per_insert, cfg.replay.tolerance, s["max_insert"], s["max_sample"],
+            cfg.run.seed)
         for shard, s in enumerate(settings)]
