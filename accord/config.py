@@ -13,6 +13,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
+AUX_KINDS = ("distill", "inverse_dynamics", "forward_dynamics", "reward", "autoencoder")
+# Distillation teachers the actors record instead of the learner running them: the gridworld's
+# tabular Q-learning teachers (they read the agent's cell, which the observation does not show).
+RECORDED_TEACHERS = ("q_aux", "q_main")
+
+
 class ConfigError(ValueError):
     """A config that cannot run; the message names the offending field."""
 
@@ -72,7 +78,8 @@ class QueueConfig(_Section):
 class CombinerConfig(_Section):
     name: Literal["sum", "pcgrad", "cosine_gate", "olaux"] = Field(
         "sum", description="How per-task gradients on the shared weights become one (combiners/). "
-                           "cosine_gate and olaux treat the first task as main, the others as auxiliary.")
+                           "cosine_gate and olaux weigh the aux terms (learner.aux) against the main "
+                           "term; without aux terms, the first task is main, the others auxiliary.")
     options: dict[str, Any] = Field({}, description="Keyword arguments of the combiner, e.g. {seed: 0} for pcgrad.")
     strategy: Literal["batched", "sequential"] = Field("batched", description="How the per-task gradients are computed.")
 
@@ -87,6 +94,23 @@ class CombinerConfig(_Section):
         except (ValueError, TypeError) as exc:
             raise ValueError(f"options: {exc}") from None
         return self
+
+
+class AuxConfig(_Section):
+    """One auxiliary loss of `learner.aux` (IMPALA): a named `aux/<name>` term with its own head."""
+    kind: Literal["distill", "inverse_dynamics", "forward_dynamics", "reward", "autoencoder"] | None = Field(
+        None, description="What the term computes; default: the entry's name (so `distill: {...}` is a "
+                          "distillation term). Give it to have two terms of one kind, e.g. two teachers.")
+    weight: float = Field(1.0, ge=0, description="Coefficient of the term's loss (OL-AUX: its starting weight).")
+    teacher: str | None = Field(
+        None, description="distill: an accord checkpoint file or run directory, or q_aux / q_main, the "
+                          "gridworld's tabular Q-learning teacher of T_aux (paper 000) or of T_main.")
+    temperature: float = Field(1.0, ge=0, description="distill: teacher policy softmax(Q or logits / temperature); 0 is greedy.")
+    invert: bool = Field(False, description="distill with q_aux/q_main: an adversarial teacher, softmax(-Q / temperature).")
+    tasks: tuple[str, ...] | None = Field(
+        None, description="distill: the tasks whose steps are distilled; default those the teacher was "
+                          "trained on (every task when it knows none, or for q_aux/q_main).")
+    hidden: int = Field(256, ge=1, description="Hidden units of the term's head.")
 
 
 class SacConfig(_Section):
@@ -121,6 +145,7 @@ class LearnerConfig(_Section):
     discount: float = Field(0.99, gt=0, le=1, description="gamma.")
     entropy_coef: float = Field(0.01, ge=0, description="Entropy cost (paper 000).")
     baseline_coef: float = Field(0.5, ge=0, description="Value loss weight.")
+    rl_coef: float = Field(1.0, ge=0, description="Coefficient of the V-trace terms (pg, baseline, entropy); 0 trains on the aux terms alone, e.g. distillation only.")
     clip_rho: float = Field(1.0, gt=0, description="V-trace rho-bar.")
     clip_pg_rho: float = Field(1.0, gt=0, description="V-trace rho-bar for the policy-gradient advantage.")
     clip_c: float = Field(1.0, gt=0, description="V-trace c-bar.")
@@ -131,7 +156,8 @@ class LearnerConfig(_Section):
     bf16: bool = Field(False, description="bf16 autocast for the forward pass on CUDA.")
     max_nonfinite_run: int = Field(20, ge=1, description="Consecutive non-finite losses that stop training.")
     num_threads: int = Field(1, ge=1, description="torch threads of a CPU learner.")
-    combiner: CombinerConfig = Field(CombinerConfig(), description="Gradient combiner across tasks (used when there are several tasks or it is not 'sum'). SAC combines the critic's and the actor's shared gradients separately.")
+    combiner: CombinerConfig = Field(CombinerConfig(), description="Gradient combiner on the shared weights (used when there are several tasks, aux terms, or it is not 'sum'). sum/pcgrad: across tasks, each task's term being its V-trace loss plus its aux terms on its own unrolls; cosine_gate/olaux: the main term (all tasks' V-trace losses) against each aux term, or without aux terms the first task against the others. SAC combines the critic's and the actor's shared gradients separately.")
+    aux: dict[str, AuxConfig] = Field({}, description="Auxiliary losses by name (IMPALA), e.g. {distill: {teacher: runs/x}, inverse_dynamics: {}}.")
     sac: SacConfig = Field(SacConfig(), description="SAC settings (learner.algorithm: sac).")
 
 
@@ -237,13 +263,44 @@ class ExperimentConfig(_Section):
         if sac and self.env.kind == "gridworld":
             raise ValueError("learner.algorithm: the gridworld has discrete actions; use 'impala'")
         combiner = self.learner.combiner
-        if combiner.name == "olaux" and combiner.options.get("log_losses", True):
+        self._check_aux()
+        if combiner.name == "olaux" and combiner.options.get("log_losses", True) and not self.learner.aux:
             # OL-AUX's adaptive loss balancing takes log L_aux; a V-trace task loss can be negative.
             raise ValueError("learner.combiner.options: olaux over task losses needs log_losses: false "
                              "(V-trace and SAC actor losses can be negative, log L is undefined)")
         if len(set(self.env.tasks)) != len(self.env.tasks):
             raise ValueError(f"env.tasks: duplicate entries in {self.env.tasks}")
         return self
+
+    def _check_aux(self) -> None:
+        if not self.learner.aux:
+            return
+        if self.learner.algorithm != "impala":
+            raise ValueError("learner.aux: auxiliary losses are built for the IMPALA learner")
+        for name, aux in self.learner.aux.items():
+            field = f"learner.aux.{name}"
+            kind = aux.kind or name
+            if kind not in AUX_KINDS:
+                raise ValueError(f"{field}: unknown aux loss {kind!r}; name it after one of "
+                                 f"{', '.join(AUX_KINDS)} or give its kind")
+            if kind != "distill":
+                if aux.teacher is not None or aux.tasks is not None or aux.invert:
+                    raise ValueError(f"{field}: teacher, tasks and invert are options of distill, not {kind}")
+                continue
+            if aux.teacher is None:
+                raise ValueError(f"{field}.teacher: distill needs a teacher (a checkpoint or run directory, "
+                                 f"or q_aux / q_main on the gridworld)")
+            if aux.teacher in RECORDED_TEACHERS:
+                if self.env.kind != "gridworld":
+                    raise ValueError(f"{field}.teacher: {aux.teacher} is the gridworld's tabular teacher; "
+                                     f"env.kind is {self.env.kind!r}")
+            elif not Path(aux.teacher).exists():
+                raise ValueError(f"{field}.teacher: no checkpoint or run directory at {aux.teacher}")
+            elif aux.invert:
+                raise ValueError(f"{field}.invert: only for the tabular teachers q_aux / q_main")
+            unknown = [t for t in aux.tasks or () if t not in self.env.tasks]
+            if unknown:
+                raise ValueError(f"{field}.tasks: {unknown} are not in env.tasks {list(self.env.tasks)}")
 
     def _check_replay(self) -> None:
         # The same checks the replay service runs before it starts its shards.
@@ -255,6 +312,13 @@ class ExperimentConfig(_Section):
     def frames_per_step(self) -> int:
         """Emulator frames per agent step (frameskip 4 on Atari)."""
         return 4 if self.env.kind == "atari" else 1
+
+
+def recorded_teachers(cfg: "ExperimentConfig") -> dict[str, dict]:
+    """Aux name -> `teacher_probs` options of the distill terms whose teacher the actors record."""
+    return {name: {"source": a.teacher, "temperature": a.temperature, "invert": a.invert}
+            for name, a in cfg.learner.aux.items()
+            if (a.kind or name) == "distill" and a.teacher in RECORDED_TEACHERS}
 
 
 def _set_path(tree: dict, dotted: str, value: Any) -> None:

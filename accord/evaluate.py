@@ -8,25 +8,12 @@ from actors.evaluation import TaskResult, build_eval_policy, evaluate_policy
 from actors.rollout import env_options
 from envs import describe
 from learner.algorithm import policy_weights
-from learner.checkpoint import list_checkpoints, load_checkpoint
-
-
-def _resolve(path: Path) -> tuple[Path, Path]:
-    """(checkpoint file, run directory) from either a checkpoint or a run directory."""
-    path = Path(path)
-    if path.is_dir():
-        found = list_checkpoints(path)
-        if not found:
-            raise FileNotFoundError(f"{path} holds no checkpoints")
-        return found[-1], path
-    if not path.is_file():
-        raise FileNotFoundError(f"no such checkpoint {path}")
-    return path, path.parent.parent
+from learner.checkpoint import load_checkpoint, resolve_checkpoint
 
 
 def evaluate_checkpoint(path: Path, episodes: int, greedy: bool = False,
                         max_steps: int = 1_000_000) -> dict[str, TaskResult]:
-    ckpt, run_dir = _resolve(path)
+    ckpt, run_dir = resolve_checkpoint(path)
     cfg = load_config(run_dir / "config.yaml")
     spec = describe(cfg.env.kind, cfg.env.tasks[0], **env_options(cfg))
     act = build_eval_policy(cfg, spec, policy_weights(cfg, load_checkpoint(ckpt)), greedy)

@@ -12,6 +12,8 @@ An unroll is a dict of numpy arrays, time-major like the V-trace learner wants:
     task_id           [M] int64
     version           int                    weights that produced the whole unroll
     episodes          [E, 4] float64         (task_id, raw score, length, success or NaN) of episodes that ended
+    teacher_probs/<n> [T, M, A] float32      only for distill terms whose teacher the env holds
+                                             (the gridworld's tabular q_aux / q_main): pi_teacher(.|x_t)
 
 Weights change only between unrolls, so every step of one unroll has the same behaviour version.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from accord.config import recorded_teachers
 from actors.policy import policy_network
 from envs import make_multitask_vec_env, make_vec_env
 
@@ -39,6 +42,7 @@ class RolloutWorker:
         self.generator = torch.Generator().manual_seed(seed)
         self.obs = self.env.reset(seed=seed)
         self._task_ids = torch.as_tensor(self.env.task_ids, dtype=torch.int64)
+        self.teachers = recorded_teachers(cfg)
         self.steps = 0
 
     def set_weights(self, version: int, weights: dict[str, np.ndarray]) -> None:
@@ -54,9 +58,13 @@ class RolloutWorker:
         terminated = np.empty((T, M), dtype=bool)
         truncated = np.empty((T, M), dtype=bool)
         logits_buf = np.empty((T, M, self.model.num_actions), dtype=np.float32)
+        teacher_bufs = {name: np.empty((T, M, self.model.num_actions), dtype=np.float32)
+                        for name in self.teachers}
         episodes = []
         for t in range(T):
             obs[t] = self.obs
+            for name, options in self.teachers.items():
+                teacher_bufs[name][t] = self.env.teacher_probs(**options)
             logits, _ = self.model(torch.from_numpy(self.obs), self._task_ids)
             action = torch.multinomial(torch.softmax(logits, -1), 1, generator=self.generator).squeeze(1)
             result = self.env.step(action.numpy())
@@ -71,6 +79,7 @@ class RolloutWorker:
             "truncated": truncated, "behaviour_logits": logits_buf,
             "task_id": self._task_ids.numpy().copy(), "version": self.version,
             "episodes": np.asarray(episodes, dtype=np.float64).reshape(-1, 4),
+            **{f"teacher_probs/{name}": buf for name, buf in teacher_bufs.items()},
         }
 
     @property

@@ -203,6 +203,19 @@ class GridWorldVecEnv(TrackedVecEnv):
         """int64 [M, 2]: each agent's cell, for a teacher that sees the whole state."""
         return self._pos.copy()
 
+    def teacher_probs(self, source: str, temperature: float = 0.0, invert: bool = False) -> np.ndarray:
+        """float32 [M, NUM_ACTIONS]: the tabular teacher's policy at each agent's cell.
+
+        source "q_aux" is paper 000's teacher, Q-learned on T_aux (the world with its +10
+        rewards); "q_main" is Q-learned on T_main itself (the paper's same-task teacher).
+        `invert` gives the adversarial teacher softmax(-Q / temperature) (argmin at 0).
+        """
+        from .gridworld_teacher import teacher_probs, world_q
+
+        seed, _ = parse_task(self.task_name)
+        q = world_q(seed, source)
+        return teacher_probs(-q if invert else q, self._pos, temperature).astype(np.float32)
+
     def _create(self) -> None:
         self._env = None  # pure numpy: nothing to rebuild
         self._rng = np.random.default_rng(0)

@@ -21,9 +21,11 @@ Choices made here, where the paper is silent:
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
-from .gridworld import NUM_ACTIONS, SIZE, GridWorld
+from .gridworld import NUM_ACTIONS, SIZE, GridWorld, sample_world
 
 GAMMA = 0.95
 
@@ -69,3 +71,17 @@ def teacher_probs(q: np.ndarray, pos: np.ndarray, temperature: float = 0.0) -> n
         probs = np.exp(logits)
         probs /= probs.sum(axis=1, keepdims=True)
     return probs[0] if single else probs
+
+
+@lru_cache(maxsize=16)
+def world_q(seed: int, source: str) -> np.ndarray:
+    """Q of the teacher of world `seed`: "q_aux" learned on T_aux (with the +10 rewards, paper
+    000's cross-task teacher), "q_main" on T_main. Cached: every env of a process shares it."""
+    world = sample_world(seed)
+    if source == "q_main":
+        world = world.without_big_rewards()
+    elif source != "q_aux":
+        raise ValueError(f"unknown gridworld teacher {source!r}; expected 'q_aux' or 'q_main'")
+    q = train_teacher(world, seed=seed)
+    q.setflags(write=False)
+    return q

@@ -51,6 +51,10 @@ class MultiTaskVecEnv:
     def env_errors(self) -> int:
         return sum(env.env_errors for env in self.parts)
 
+    def teacher_probs(self, source: str, temperature: float = 0.0, invert: bool = False) -> np.ndarray:
+        """The parts' teachers side by side (gridworld tasks; see GridWorldVecEnv.teacher_probs)."""
+        return np.concatenate([env.teacher_probs(source, temperature, invert) for env in self.parts])
+
     def reset(self, seed: int | None = None) -> np.ndarray:
         """Part k is reset with ``seed + offset_k``, so env i of the whole gets seed ``seed + i``
         and no two envs share a seed; with None each part derives its own."""

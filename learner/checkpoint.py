@@ -66,6 +66,20 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
+def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
+    """(checkpoint file, run directory) from either a checkpoint file or a run directory
+    (then its newest checkpoint)."""
+    path = Path(path)
+    if path.is_dir():
+        found = list_checkpoints(path)
+        if not found:
+            raise FileNotFoundError(f"{path} holds no checkpoints")
+        return found[-1], path
+    if not path.is_file():
+        raise FileNotFoundError(f"no such checkpoint {path}")
+    return path, path.parent.parent
+
+
 @dataclass
 class Restored:
     state: dict | None

@@ -29,7 +29,10 @@ class ActorCritic(nn.Module):
         self.heads = nn.ModuleList(nn.Linear(d, num_actions + 1) for _ in range(self.num_heads))
 
     def forward(self, obs: torch.Tensor, task_id: torch.Tensor | None = None):
-        z = self.torso(obs)
+        return self.heads_from(self.torso(obs), task_id)
+
+    def heads_from(self, z: torch.Tensor, task_id: torch.Tensor | None = None):
+        """(logits, values) from torso features `z` [N, d]; auxiliary heads read the same z."""
         if self.num_heads == 1:
             out = self.heads[0](z)
         else:

@@ -14,8 +14,10 @@ import torch
 
 from combiners import apply_combined, make_combiner
 from learner.algorithm import NonFiniteGuard, rng_state, set_rng_state
+from learner.aux import AuxBatch, build_aux_terms
 from learner.impala.loss import impala_loss, total_loss
 from learner.impala.source import collate  # noqa: F401  (re-exported: the batch format lives there)
+from learner.impala.terms import aux_term_values, layout_kind, parameter_roles
 from models.actor_critic import build_model
 
 
@@ -26,24 +28,28 @@ class ImpalaLearner:
         self.num_tasks = len(cfg.env.tasks)
         self.model = build_model(self.lcfg.model, spec.obs_shape, spec.num_actions, self.num_tasks,
                                  self.lcfg.per_task_heads).to(self.device)
+        # Auxiliary heads read the torso's features; they train with the same optimizer.
+        self.aux = build_aux_terms(cfg, spec, self.model.torso.output_dim, self.device)
         self.optimizer = torch.optim.RMSprop(
-            self.model.parameters(), lr=self.lcfg.lr, alpha=self.lcfg.rmsprop_alpha,
+            self.parameters(), lr=self.lcfg.lr, alpha=self.lcfg.rmsprop_alpha,
             eps=self.lcfg.rmsprop_eps, momentum=self.lcfg.rmsprop_momentum)
         self.updates = 0
         self.frames = 0          # environment frames consumed (agent steps x frameskip)
         self.nonfinite = NonFiniteGuard(self.lcfg.max_nonfinite_run)
         self._pin = self.device.type == "cuda"
-        # Several tasks (or a non-sum combiner): one loss per task, gradients combined on the
-        # shared weights; each task's head gets its own gradient untouched.
+        # Several tasks, aux terms or a non-sum combiner: named loss terms whose gradients are
+        # combined on the shared weights (learner/impala/terms.py says which terms and weights).
         ccfg = self.lcfg.combiner
+        self.layout = layout_kind(self.lcfg, self.num_tasks)
         self.combiner = None
-        if self.num_tasks > 1 or ccfg.name != "sum":
+        if self.layout != "plain":
             self.combiner = make_combiner(ccfg.name, **ccfg.options)
-            names = dict((id(p), n) for n, p in self.model.named_parameters())
-            self._shared = [(names[id(p)], p) for p in self.model.shared_parameters()]
-            heads = self.model.task_parameters()
-            self._task_params = ({f"task/{t}": heads[i] for i, t in enumerate(cfg.env.tasks)}
-                                 if heads else None)
+            self._shared, self._task_params = parameter_roles(self.layout, self.model, self.aux,
+                                                              cfg.env.tasks)
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """Everything the optimizer trains: the actor-critic and the aux heads."""
+        return list(self.model.parameters()) + list(self.aux.parameters())
 
     # ---------------------------------------------------------------- data
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
@@ -66,28 +72,40 @@ class ImpalaLearner:
         with torch.autocast(self.device.type, dtype=torch.bfloat16,
                             enabled=self.lcfg.bf16 and self.device.type == "cuda"):
             flat_obs = obs.reshape((T + 1) * B, *obs.shape[2:])
-            logits, values = self.model(flat_obs, task_id.repeat(T + 1))
-        logits = logits.float().view(T + 1, B, -1)
-        values = values.float().view(T + 1, B)
+            z = self.model.torso(flat_obs)
+            logits, values = self.model.heads_from(z, task_id.repeat(T + 1))
+            logits = logits.float().view(T + 1, B, -1)
+            values = values.float().view(T + 1, B)
+            aux_steps = self._aux_steps(batch, obs, z.float().view(T + 1, B, -1), logits,
+                                        actions, rewards, task_id, episode_end)
 
         # After a same-step autoreset the final observation of an ended episode is gone, so a
         # truncation is cut like a termination: no bootstrap across it.
         discounts = self.lcfg.discount * (~episode_end).float()
 
         def loss_terms(cols=slice(None)):
-            return impala_loss(
+            terms = impala_loss(
                 logits[:-1, cols], values[:-1, cols], values[-1, cols], actions[:, cols],
                 behaviour_logits[:, cols], rewards[:, cols], discounts[:, cols],
                 baseline_coef=self.lcfg.baseline_coef, entropy_coef=self.lcfg.entropy_coef,
                 clip_rho=self.lcfg.clip_rho, clip_pg_rho=self.lcfg.clip_pg_rho,
                 clip_c=self.lcfg.clip_c, reduction=self.lcfg.loss_reduction)
+            if self.lcfg.rl_coef != 1.0:
+                terms.update({k: self.lcfg.rl_coef * v for k, v in terms.items() if k.startswith("main/")})
+            return terms
 
-        if self.combiner is None:
+        if self.layout == "plain":
             terms = loss_terms()
             task_losses = None
             loss = total_loss(terms)
+        elif self.layout == "main_aux":
+            terms = loss_terms()
+            task_losses = {"main": total_loss(terms),
+                           **aux_term_values(aux_steps, slice(None), self.lcfg.loss_reduction, self.aux)}
+            terms.update({k: v for k, v in task_losses.items() if k != "main"})
+            loss = torch.stack(list(task_losses.values())).sum()
         else:
-            task_losses, terms = self._task_losses(loss_terms, batch["task_id"], logits)
+            task_losses, terms = self._task_losses(loss_terms, batch["task_id"], logits, aux_steps)
             loss = torch.stack(list(task_losses.values())).sum()
 
         self.frames += T * B * self.cfg.frames_per_step
@@ -103,7 +121,7 @@ class ImpalaLearner:
             stats = apply_combined(self.combiner, task_losses, self._shared, self._task_params,
                                    strategy=self.lcfg.combiner.strategy)
             metrics.update({f"combiner/{k}": v for k, v in stats.items()})
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.lcfg.max_grad_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters(), self.lcfg.max_grad_norm)
         if not torch.isfinite(grad_norm):
             # A finite loss can still overflow in backward; stepping would poison every weight.
             self.optimizer.zero_grad(set_to_none=True)
@@ -127,16 +145,29 @@ class ImpalaLearner:
         self.nonfinite.skip(what)
         return {**metrics, "learner/nonfinite_total": float(self.nonfinite_total)}
 
-    def _task_losses(self, loss_terms, task_id: np.ndarray, logits: torch.Tensor):
-        """Loss of each task on its own columns; a task absent from the batch gets a zero loss
-        (a zero gradient row), so the combiner always sees every task in the same order."""
+    def _aux_steps(self, batch, obs, z, logits, actions, rewards, task_id, episode_end) -> dict:
+        """Per-step loss and mask of every aux term, `{name: ([T, B], [T, B])}`."""
+        if not len(self.aux):
+            return {}
+        teacher = {key.split("/", 1)[1]: self._to_device(value) for key, value in batch.items()
+                   if key.startswith("teacher_probs/")}
+        aux_batch = AuxBatch(obs=obs, z=z, logits=logits[:-1], actions=actions, rewards=rewards,
+                             episode_end=episode_end, task_id=task_id, teacher_probs=teacher)
+        return {name: term.per_step(aux_batch) for name, term in self.aux.items()}
+
+    def _task_losses(self, loss_terms, task_id: np.ndarray, logits: torch.Tensor, aux_steps: dict):
+        """Loss of each task on its own columns, its aux terms included; a task absent from the
+        batch gets a zero loss (a zero gradient row), so the combiner always sees every task in
+        the same order."""
         losses, metrics = {}, {}
         for k, name in enumerate(self.cfg.env.tasks):
             cols = np.flatnonzero(task_id == k)
             if len(cols) == 0:
                 losses[f"task/{name}"] = logits.sum() * 0.0
                 continue
-            terms = loss_terms(torch.as_tensor(cols, device=self.device))
+            cols = torch.as_tensor(cols, device=self.device)
+            terms = loss_terms(cols)
+            terms.update(aux_term_values(aux_steps, cols, self.lcfg.loss_reduction, self.aux))
             losses[f"task/{name}"] = total_loss(terms)
             metrics.update({f"{name}/{key}": value for key, value in terms.items()})
         return losses, metrics
@@ -156,6 +187,7 @@ class ImpalaLearner:
     def state_dict(self) -> dict:
         return {
             "model": self.model.state_dict(),
+            "aux": self.aux.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "combiner": self.combiner.state_dict() if self.combiner is not None else {},
             "counters": {"updates": self.updates, "frames": self.frames,
@@ -165,6 +197,7 @@ class ImpalaLearner:
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
+        self.aux.load_state_dict(state.get("aux", {}))
         self.optimizer.load_state_dict(state["optimizer"])
         if self.combiner is not None:
             self.combiner.load_state_dict(state["combiner"])

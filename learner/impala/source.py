@@ -8,8 +8,9 @@ import ray
 
 def collate(unrolls: list[dict]) -> dict:
     """Concatenate unrolls along the batch axis (axis 1 of time-major arrays)."""
-    batch = {k: np.concatenate([u[k] for u in unrolls], axis=1)
-             for k in ("obs", "actions", "rewards", "terminated", "truncated", "behaviour_logits")}
+    time_major = ("obs", "actions", "rewards", "terminated", "truncated", "behaviour_logits",
+                  *(k for k in unrolls[0] if k.startswith("teacher_probs/")))
+    batch = {k: np.concatenate([u[k] for u in unrolls], axis=1) for k in time_major}
     batch["task_id"] = np.concatenate([u["task_id"] for u in unrolls])
     batch["versions"] = np.asarray([u["version"] for u in unrolls], dtype=np.int64)
     batch["episodes"] = np.concatenate([u["episodes"] for u in unrolls])

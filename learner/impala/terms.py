@@ -1,0 +1,54 @@
+"""How the IMPALA learner's loss terms meet on the shared weights: which named terms the
+combiner sees, and which parameters are shared (combined) or belong to one term.
+
+Three layouts, chosen once from the config:
+
+- "plain": one task, no aux terms, `sum`: one backward of the V-trace loss.
+- "main_aux": a main/aux combiner (cosine_gate, olaux) with aux terms. The combiner sees
+  `main` (the V-trace loss of the whole batch, i.e. of every task: paper 000's multi-task
+  L_main) and `aux/<name>` for each aux term. Policy heads are reached by the main term and by
+  distillation, so they are shared; each aux head gets its own term's gradient.
+- "tasks": a task combiner (sum, pcgrad), or a main/aux one without aux terms (then the first
+  task is main). The combiner sees `task/<name>` per task: its V-trace loss plus its aux terms,
+  each on that task's own unrolls, so every task keeps its aux terms. Aux heads are shared by
+  all tasks' terms; per-task policy heads get their own task's gradient.
+
+A parameter is task-specific only when exactly one term reaches it; everything else is shared.
+"""
+from __future__ import annotations
+
+import torch
+
+from learner.aux import reduce_term
+
+
+def layout_kind(lcfg, num_tasks: int) -> str:
+    from combiners import COMBINERS
+
+    role = COMBINERS[lcfg.combiner.name].role
+    if lcfg.aux and role == "main_aux":
+        return "main_aux"
+    if num_tasks > 1 or lcfg.aux or lcfg.combiner.name != "sum":
+        return "tasks"
+    return "plain"
+
+
+def parameter_roles(kind: str, model, aux_terms, task_names) -> tuple[list, dict | None]:
+    """(shared as (name, parameter) pairs, {term name: its own parameters} or None)."""
+    named = {id(p): n for n, p in model.named_parameters()}
+    aux_named = {id(p): f"aux.{n}" for n, p in aux_terms.named_parameters()}
+    if kind == "main_aux":
+        shared = [(named[id(p)], p) for p in model.parameters()]
+        own = {f"aux/{name}": list(term.parameters()) for name, term in aux_terms.items()}
+        return shared, own
+    shared = [(named[id(p)], p) for p in model.shared_parameters()]
+    shared += [(aux_named[id(p)], p) for p in aux_terms.parameters()]
+    heads = model.task_parameters()
+    own = {f"task/{t}": heads[i] for i, t in enumerate(task_names)} if heads else None
+    return shared, own
+
+
+def aux_term_values(aux_steps: dict, columns, reduction: str, aux_terms) -> dict[str, torch.Tensor]:
+    """`aux/<name>`: each term's weighted loss over `columns`."""
+    return {f"aux/{name}": aux_terms[name].weight * reduce_term(loss, mask, columns, reduction)
+            for name, (loss, mask) in aux_steps.items()}
