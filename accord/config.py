@@ -136,6 +136,7 @@ class LearnerConfig(_Section):
     model: Literal["auto", "nature", "resnet", "mlp"] = Field(
         "auto", description="IMPALA torso; auto: the Nature CNN for frames, an MLP for vectors.")
     per_task_heads: bool = Field(False, description="One policy/value head per task instead of one shared head.")
+    vf_share_layers: bool = Field(True, description="Policy and value share the torso (IMPALA); false gives the value its own torso of the same kind (paper 000's gridworld).")
     batch_size: int = Field(32, ge=1, description="Trajectories per update; rounded up to whole unrolls of envs_per_actor.")
     lr: float = Field(6e-4, gt=0, description="RMSProp learning rate (paper 000).")
     lr_decay: bool = Field(True, description="Anneal lr linearly to 0 over run.total_frames (IMPALA).")

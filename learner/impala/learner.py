@@ -18,7 +18,7 @@ from learner.aux import AuxBatch, build_aux_terms
 from learner.impala.loss import impala_loss, total_loss
 from learner.impala.source import collate  # noqa: F401  (re-exported: the batch format lives there)
 from learner.impala.terms import aux_term_values, layout_kind, parameter_roles
-from models.actor_critic import build_model
+from models.actor_critic import model_from_config
 
 
 class ImpalaLearner:
@@ -26,8 +26,7 @@ class ImpalaLearner:
         self.cfg, self.lcfg = cfg, cfg.learner
         self.device = torch.device(device)
         self.num_tasks = len(cfg.env.tasks)
-        self.model = build_model(self.lcfg.model, spec.obs_shape, spec.num_actions, self.num_tasks,
-                                 self.lcfg.per_task_heads).to(self.device)
+        self.model = model_from_config(cfg, spec.obs_shape, spec.num_actions).to(self.device)
         # Auxiliary heads read the torso's features; they train with the same optimizer.
         self.aux = build_aux_terms(cfg, spec, self.model.torso.output_dim, self.device)
         self.optimizer = torch.optim.RMSprop(
@@ -72,8 +71,7 @@ class ImpalaLearner:
         with torch.autocast(self.device.type, dtype=torch.bfloat16,
                             enabled=self.lcfg.bf16 and self.device.type == "cuda"):
             flat_obs = obs.reshape((T + 1) * B, *obs.shape[2:])
-            z = self.model.torso(flat_obs)
-            logits, values = self.model.heads_from(z, task_id.repeat(T + 1))
+            z, logits, values = self.model.features_and_outputs(flat_obs, task_id.repeat(T + 1))
             logits = logits.float().view(T + 1, B, -1)
             values = values.float().view(T + 1, B)
             aux_steps = self._aux_steps(batch, obs, z.float().view(T + 1, B, -1), logits,

@@ -7,7 +7,8 @@ Three layouts, chosen once from the config:
 - "main_aux": a main/aux combiner (cosine_gate, olaux) with aux terms. The combiner sees
   `main` (the V-trace loss of the whole batch, i.e. of every task: paper 000's multi-task
   L_main) and `aux/<name>` for each aux term. Policy heads are reached by the main term and by
-  distillation, so they are shared; each aux head gets its own term's gradient.
+  distillation, so they are shared; each aux head gets its own term's gradient, and so does a
+  separate value network (`vf_share_layers: false`) the main term's.
 - "tasks": a task combiner (sum, pcgrad), or a main/aux one without aux terms (then the first
   task is main). The combiner sees `task/<name>` per task: its V-trace loss plus its aux terms,
   each on that task's own unrolls, so every task keeps its aux terms. Aux heads are shared by
@@ -38,8 +39,10 @@ def parameter_roles(kind: str, model, aux_terms, task_names) -> tuple[list, dict
     named = {id(p): n for n, p in model.named_parameters()}
     aux_named = {id(p): f"aux.{n}" for n, p in aux_terms.named_parameters()}
     if kind == "main_aux":
-        shared = [(named[id(p)], p) for p in model.parameters()]
-        own = {f"aux/{name}": list(term.parameters()) for name, term in aux_terms.items()}
+        value = {id(p) for p in model.value_parameters()}
+        shared = [(named[id(p)], p) for p in model.parameters() if id(p) not in value]
+        own = {"main": model.value_parameters(),
+               **{f"aux/{name}": list(term.parameters()) for name, term in aux_terms.items()}}
         return shared, own
     shared = [(named[id(p)], p) for p in model.shared_parameters()]
     shared += [(aux_named[id(p)], p) for p in aux_terms.parameters()]

@@ -220,10 +220,13 @@ def _main_and_aux_grads(learner, batch):
     return grads
 
 
+@pytest.mark.parametrize("vf_share_layers", [True, False])
 @pytest.mark.parametrize("threshold,gate", [(2.0, 0.0), (-2.0, 1.0)])
-def test_cosine_gate_adds_the_aux_gradient_to_the_torso_only_while_open(threshold, gate):
+def test_cosine_gate_adds_the_aux_gradient_to_the_torso_only_while_open(threshold, gate,
+                                                                        vf_share_layers):
     cfg = cfg_with({"inverse_dynamics": {"hidden": 8}}, "cosine_gate",
-                   {"ema": 0.0, "threshold": threshold}, max_grad_norm=1e9)
+                   {"ema": 0.0, "threshold": threshold}, max_grad_norm=1e9,
+                   vf_share_layers=vf_share_layers)
     torch.manual_seed(0)
     learner = ImpalaLearner(cfg, VECTOR_SPEC)
     batch = hand_made_batch(seed=3)
@@ -238,3 +241,7 @@ def test_cosine_gate_adds_the_aux_gradient_to_the_torso_only_while_open(threshol
         else:             # the aux head: its own term's gradient, whatever the gate
             torch.testing.assert_close(p.grad, aux[i], rtol=1e-5, atol=1e-6)
     assert any(a.abs().sum() > 0 for a in aux[:n_model])  # the aux term does reach the torso
+    # A separate value network is the main term's own: it is not measured by the gate.
+    value = {id(p) for p in learner.model.value_parameters()}
+    assert len(value) == (0 if vf_share_layers else 6)  # MLP (2 layers) + value head
+    assert not any(k.startswith("combiner/cos_now/aux/inverse_dynamics/value") for k in metrics)
