@@ -55,3 +55,26 @@ def aux_term_values(aux_steps: dict, columns, reduction: str, aux_terms) -> dict
     """`aux/<name>`: each term's weighted loss over `columns`."""
     return {f"aux/{name}": aux_terms[name].weight * reduce_term(loss, mask, columns, reduction)
             for name, (loss, mask) in aux_steps.items()}
+
+
+class AuxLosses(torch.nn.Module):
+    """The aux terms' weighted losses `[n]` as one function of every parameter (actor-critic
+    under `model.`, aux heads under `aux.`), for OL-AUX's forward-mode dot products
+    (`combiners.apply_forward_dots`, learner.combiner.strategy: forward): the torso is re-run
+    inside the jvp so that the tangent ∇θ L_main reaches the aux losses through z."""
+
+    def __init__(self, model, aux_terms, reduction: str):
+        super().__init__()
+        self.model, self.aux = model, aux_terms
+        self.reduction = reduction
+
+    def forward(self, flat_obs, head_ids, make_batch) -> torch.Tensor:
+        z, logits, _ = self.model.features_and_outputs(flat_obs, head_ids)
+        batch = make_batch(z.float(), logits.float())
+        values = aux_term_values({name: term.per_step(batch) for name, term in self.aux.items()},
+                                 slice(None), self.reduction, self.aux)
+        return torch.stack(list(values.values()))
+
+    def names_of(self, params) -> list[str]:
+        named = {id(p): n for n, p in self.named_parameters()}
+        return [named[id(p)] for p in params]

@@ -245,3 +245,27 @@ def test_cosine_gate_adds_the_aux_gradient_to_the_torso_only_while_open(threshol
     value = {id(p) for p in learner.model.value_parameters()}
     assert len(value) == (0 if vf_share_layers else 6)  # MLP (2 layers) + value head
     assert not any(k.startswith("combiner/cos_now/aux/inverse_dynamics/value") for k in metrics)
+
+
+def test_olaux_from_forward_mode_dots_updates_like_explicit_per_term_gradients():
+    """learner.combiner.strategy: forward gives every weight the gradient the batched per-term
+    path gives, and OL-AUX's weights move the same, over updates spanning two horizons."""
+    aux = {"inverse_dynamics": {"hidden": 8}, "reward": {"hidden": 8, "weight": 0.5}}
+    options = {"horizon": 2, "lr": 0.5}
+    learners = {}
+    for strategy in ("batched", "forward"):
+        cfg = cfg_with(aux, "olaux", options, vf_share_layers=False)
+        cfg = cfg.model_copy(update={"learner": cfg.learner.model_copy(update={
+            "combiner": cfg.learner.combiner.model_copy(update={"strategy": strategy})})})
+        torch.manual_seed(0)
+        learners[strategy] = ImpalaLearner(cfg, VECTOR_SPEC)
+    assert learners["forward"]._forward_dots and not learners["batched"]._forward_dots
+    for step in range(5):
+        batch = hand_made_batch(seed=20 + step)
+        metrics = {s: learner.update(batch) for s, learner in learners.items()}
+        for p, q in zip(learners["batched"].parameters(), learners["forward"].parameters()):
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6)
+        for key in ("w/aux/inverse_dynamics", "w/aux/reward"):
+            assert metrics["forward"][f"combiner/{key}"] == pytest.approx(
+                metrics["batched"][f"combiner/{key}"], rel=1e-5)
+    assert learners["forward"].combiner.weights.tolist() != [1.0, 1.0]  # w moved
