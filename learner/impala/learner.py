@@ -17,7 +17,8 @@ from learner.algorithm import NonFiniteGuard, rng_state, set_rng_state
 from learner.aux import AuxBatch, build_aux_terms
 from learner.impala.loss import impala_loss, total_loss
 from learner.impala.source import collate  # noqa: F401  (re-exported: the batch format lives there)
-from learner.impala.terms import AuxLosses, aux_term_values, layout_kind, parameter_roles
+from learner.impala.terms import (AuxLosses, aux_term_values, combiner_options, layout_kind,
+                                  parameter_roles)
 from models.actor_critic import model_from_config
 
 
@@ -42,7 +43,7 @@ class ImpalaLearner:
         self.layout = layout_kind(self.lcfg, self.num_tasks)
         self.combiner = None
         if self.layout != "plain":
-            self.combiner = make_combiner(ccfg.name, **ccfg.options)
+            self.combiner = make_combiner(ccfg.name, **combiner_options(ccfg, self.num_tasks))
             self._shared, self._task_params = parameter_roles(self.layout, self.model, self.aux,
                                                               cfg.env.tasks)
         # OL-AUX from forward-mode dot products: the aux losses as a function of the weights.

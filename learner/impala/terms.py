@@ -34,6 +34,16 @@ def layout_kind(lcfg, num_tasks: int) -> str:
     return "plain"
 
 
+def combiner_options(ccfg, num_tasks: int) -> dict:
+    """The combiner's keyword arguments; cosine_gate's threshold defaults to paper 000's Atari
+    setting (App. G): 0.02 for one game, 0.01 multi-task (its ema already defaults to 0.999
+    and its cosine to the per-layer mean)."""
+    options = dict(ccfg.options)
+    if ccfg.name == "cosine_gate":
+        options.setdefault("threshold", 0.02 if num_tasks == 1 else 0.01)
+    return options
+
+
 def parameter_roles(kind: str, model, aux_terms, task_names) -> tuple[list, dict | None]:
     """(shared as (name, parameter) pairs, {term name: its own parameters} or None)."""
     named = {id(p): n for n, p in model.named_parameters()}

@@ -269,3 +269,14 @@ def test_olaux_from_forward_mode_dots_updates_like_explicit_per_term_gradients()
             assert metrics["forward"][f"combiner/{key}"] == pytest.approx(
                 metrics["batched"][f"combiner/{key}"], rel=1e-5)
     assert learners["forward"].combiner.weights.tolist() != [1.0, 1.0]  # w moved
+
+
+@pytest.mark.parametrize("tasks,threshold", [(["CartPole-v1"], 0.02),
+                                             (["CartPole-v1", "CartPole-v0"], 0.01)])
+def test_cosine_gate_defaults_to_paper_000s_atari_setting(tasks, threshold):
+    cfg = cfg_with({"reward": {}}, "cosine_gate")
+    cfg = cfg.model_copy(update={"env": cfg.env.model_copy(update={"tasks": tuple(tasks)})})
+    combiner = ImpalaLearner(cfg, VECTOR_SPEC).combiner
+    assert (combiner.threshold, combiner.ema, combiner.per_layer) == (threshold, 0.999, True)
+    explicit = cfg_with({"reward": {}}, "cosine_gate", {"threshold": 0.3})
+    assert ImpalaLearner(explicit, VECTOR_SPEC).combiner.threshold == 0.3
