@@ -80,7 +80,8 @@ def test_olaux_lowers_the_weight_of_an_adversarial_aux_term(tmp_path):
     helpful = series(rows, "combiner/w/aux/helpful")
     dots = series(rows, "combiner/dot/aux/adversarial")
     assert len(adversarial) >= 3, rows[-1]
-    assert adversarial[-1] < 0.5 < 1.0 <= adversarial[0], adversarial   # w starts at 1
+    # w starts at 1 (the first metric row comes some horizons in): it falls, and far.
+    assert adversarial[-1] < min(0.5, adversarial[0]), adversarial
     assert helpful[-1] > 1.0, helpful
     assert sum(d < 0 for d in dots) > len(dots) / 2, dots
 
