@@ -81,7 +81,10 @@ class CombinerConfig(_Section):
                            "cosine_gate and olaux weigh the aux terms (learner.aux) against the main "
                            "term; without aux terms, the first task is main, the others auxiliary.")
     options: dict[str, Any] = Field({}, description="Keyword arguments of the combiner, e.g. {seed: 0} for pcgrad.")
-    strategy: Literal["batched", "sequential"] = Field("batched", description="How the per-task gradients are computed.")
+    strategy: Literal["batched", "sequential", "forward"] = Field(
+        "batched", description="How the per-term gradients are computed: batched (one vmapped backward), "
+                               "sequential (one backward each), or forward (olaux with aux terms: "
+                               "the dot products ∇L_main·∇L_aux from one forward-mode pass, no per-term gradients).")
 
     @model_validator(mode="after")
     def _buildable(self) -> "CombinerConfig":
@@ -136,6 +139,7 @@ class LearnerConfig(_Section):
     model: Literal["auto", "nature", "resnet", "mlp"] = Field(
         "auto", description="IMPALA torso; auto: the Nature CNN for frames, an MLP for vectors.")
     per_task_heads: bool = Field(False, description="One policy/value head per task instead of one shared head.")
+    vf_share_layers: bool = Field(True, description="Policy and value share the torso (IMPALA); false gives the value its own torso of the same kind (paper 000's gridworld).")
     batch_size: int = Field(32, ge=1, description="Trajectories per update; rounded up to whole unrolls of envs_per_actor.")
     lr: float = Field(6e-4, gt=0, description="RMSProp learning rate (paper 000).")
     lr_decay: bool = Field(True, description="Anneal lr linearly to 0 over run.total_frames (IMPALA).")
@@ -264,6 +268,9 @@ class ExperimentConfig(_Section):
             raise ValueError("learner.algorithm: the gridworld has discrete actions; use 'impala'")
         combiner = self.learner.combiner
         self._check_aux()
+        if combiner.strategy == "forward" and not (combiner.name == "olaux" and self.learner.aux):
+            raise ValueError("learner.combiner.strategy: forward computes OL-AUX's dot products; it "
+                             "needs combiner olaux and learner.aux terms")
         if combiner.name == "olaux" and combiner.options.get("log_losses", True) and not self.learner.aux:
             # OL-AUX's adaptive loss balancing takes log L_aux; a V-trace task loss can be negative.
             raise ValueError("learner.combiner.options: olaux over task losses needs log_losses: false "

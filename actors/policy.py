@@ -10,7 +10,7 @@ import math
 import numpy as np
 import torch
 
-from models.actor_critic import build_model
+from models.actor_critic import model_from_config
 from models.sac import build_sac_actor
 
 
@@ -21,8 +21,7 @@ def policy_network(cfg, spec) -> torch.nn.Module:
         sac = cfg.learner.sac
         return build_sac_actor(sac.model, math.prod(spec.obs_shape), spec.action_dim,
                                len(cfg.env.tasks), sac.hidden)
-    return build_model(cfg.learner.model, spec.obs_shape, spec.num_actions, len(cfg.env.tasks),
-                       cfg.learner.per_task_heads)
+    return model_from_config(cfg, spec.obs_shape, spec.num_actions)
 
 
 class GaussianPolicy:

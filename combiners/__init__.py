@@ -8,11 +8,14 @@ A combiner turns per-term gradients `G[K, P]` on the shared parameters into one 
 - `PCGrad`: paper 003, projecting conflicting task gradients.
 
 `apply_combined` / `apply_task_split` go from named losses to `.grad`; `per_term_gradients` and
-`task_split_gradients` build G; `make_combiner` builds one from a config name.
+`task_split_gradients` build G; `apply_forward_dots` runs OL-AUX from the dot products that
+`directional_derivatives` gives in one forward-mode pass; `make_combiner` builds one from a
+config name.
 """
-from combiners.apply import apply_combined, apply_task_split
+from combiners.apply import apply_combined, apply_forward_dots, apply_task_split
 from combiners.base import Combiner
 from combiners.cosine_gate import CosineGate
+from combiners.forward_dots import directional_derivatives
 from combiners.gradients import (flatten, per_term_gradients, read_grads, task_split_gradients,
                                  task_split_losses, unflatten, write_grads)
 from combiners.layout import Layout
@@ -36,7 +39,7 @@ def make_combiner(name: str, **kwargs) -> Combiner:
 
 __all__ = [
     "COMBINERS", "Combiner", "CosineGate", "Layout", "OLAux", "PCGrad", "Sum", "apply_combined",
-    "apply_task_split", "flatten", "make_combiner", "pcgrad_coefficients", "pcgrad_project",
-    "per_term_gradients", "read_grads", "task_split_gradients", "task_split_losses", "unflatten",
-    "write_grads",
+    "apply_forward_dots", "apply_task_split", "directional_derivatives", "flatten",
+    "make_combiner", "pcgrad_coefficients", "pcgrad_project", "per_term_gradients", "read_grads",
+    "task_split_gradients", "task_split_losses", "unflatten", "write_grads",
 ]

@@ -13,6 +13,8 @@ guessed from `grad is None`. `.grad` is overwritten, as after `zero_grad(); back
 
 When the combiner already knows its weights (`Sum`, `CosineGate` between measurements), no
 per-term gradients are built: one backward of Σ_k w_k L_k gives the shared gradient.
+`apply_forward_dots` does the same for OL-AUX, whose weight step needs only the dot products
+∇L_main · ∇L_aux,i: one forward-mode pass gives them all (see `combiners.forward_dots`).
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from combiners.base import Combiner, Stats
+from combiners.base import Combiner, Stats, term_names
+from combiners.forward_dots import directional_derivatives
 from combiners.gradients import (check_task_batches, per_term_gradients, task_split_gradients,
                                  task_split_losses, write_grads)
 from combiners.layout import Layout
@@ -67,6 +70,12 @@ def _check_disjoint(shared: Sequence[torch.Tensor], heads: Sequence[Sequence[tor
 def _apply_fixed(combiner: Combiner, w: torch.Tensor, names, L: torch.Tensor,
                  shared, heads, retain_graph: bool) -> Stats:
     """Shared: one backward of Σ_k w_k L_k. Heads: their own term's gradient, exactly."""
+    _write_weighted(w, L, shared, heads, retain_graph)
+    return combiner.record_fixed(L.detach(), names)
+
+
+def _write_weighted(w: torch.Tensor, L: torch.Tensor, shared, heads, retain_graph: bool):
+    """`.grad` of shared = ∇ Σ_k w_k L_k (one backward); of term k's heads = ∇ L_k."""
     w = w.to(device=L.device, dtype=L.dtype)
     w_host = w.detach().cpu().tolist()
     inputs = list(shared)
@@ -79,7 +88,7 @@ def _apply_fixed(combiner: Combiner, w: torch.Tensor, names, L: torch.Tensor,
                 p.grad = g
         elif ps:
             inputs += ps
-    used = [k for k in range(len(names)) if w_host[k] != 0.0]
+    used = [k for k in range(len(heads)) if w_host[k] != 0.0]
     if used:
         total = (w[used] * L[used]).sum()
         grads = torch.autograd.grad(total, inputs, retain_graph=retain_graph, allow_unused=True,
@@ -88,7 +97,6 @@ def _apply_fixed(combiner: Combiner, w: torch.Tensor, names, L: torch.Tensor,
         grads = [torch.zeros_like(p) for p in inputs]
     for p, g in zip(inputs, grads):
         p.grad = g
-    return combiner.record_fixed(L.detach(), names)
 
 
 def _detached(aux) -> dict[str, torch.Tensor]:
@@ -183,3 +191,76 @@ def apply_task_split(combiner: Combiner, model: nn.Module, loss_fn: Callable[...
     write_grads(shared_params, g)
     _write_rows(G_all, P, heads)
     return (stats, _detached(aux)) if has_aux else stats
+
+
+def _forward_term_names(names, task_params) -> list[str] | None:
+    """Term names known before the aux losses are: given, or a mapping's keys in order, or
+    main/aux1.. from a per-index list; None when only the aux count can tell (no heads)."""
+    if names is not None:
+        return [str(n) for n in names]
+    if isinstance(task_params, Mapping):
+        return [str(n) for n in task_params]
+    if task_params is not None:
+        return term_names(len(list(task_params)), None, "main_aux")
+    return None
+
+
+def apply_forward_dots(combiner: Combiner, model: nn.Module, main_loss: torch.Tensor,
+                       aux_losses_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+                       shared: Sequence[str],
+                       task_params: Mapping[str, Sequence[str]] | Sequence[Sequence[str]]
+                       | None = None, *, names: Sequence[str] | None = None) -> Stats:
+    """`apply_combined(combiner, {"main": main_loss, **aux}, shared, task_params)` for a
+    combiner that needs only ∇L_main · ∇L_aux,i (`OLAux.weights_from_dots`), without G.
+
+    `main_loss` is a scalar computed with autograd from `model`; `aux_losses_fn(params)`
+    recomputes the aux losses `[K-1]` from a dict of the model's parameters by name (through
+    `torch.func.functional_call`), so that a tangent can be pushed through it. `shared` names
+    the shared parameters θ (as in `model.named_parameters()`); `task_params` gives per term
+    the parameter names only that term trains, keyed by term name (main first, then the aux
+    terms in order; its keys are the term names unless `names` is given) or listed by index.
+
+    Cost: one backward of L_main for v = ∇θ L_main (and the main heads' gradient), one
+    forward-mode pass of the aux losses along v, which gives every d_i = ∇θ L_aux,i · v and the
+    aux values with their graph, and one backward of Σ_i coef_i L_aux,i. The shared `.grad` is
+    v + ∇θ Σ_i coef_i L_aux,i = Σ_k coef_k ∇θ L_k (coef_0 = 1), so the main graph is walked
+    once; each head gets its own term's gradient, unweighted.
+    """
+    if not hasattr(combiner, "weights_from_dots"):
+        raise ValueError(f"apply_forward_dots needs a combiner that works from dot products "
+                         f"alone (OLAux); got {type(combiner).__name__}")
+    if not isinstance(main_loss, torch.Tensor) or main_loss.numel() != 1:
+        raise ValueError(f"main_loss must be a scalar tensor, got "
+                         f"{getattr(main_loss, 'shape', type(main_loss))}")
+    named = dict(model.named_parameters())
+    shared = list(shared)
+    names = _forward_term_names(names, task_params)
+    head_names = _task_lists(task_params, names) if names is not None else [[]]
+    unknown = [n for n in shared + [n for ps in head_names for n in ps] if n not in named]
+    if unknown:
+        raise ValueError(f"unknown parameter names {unknown}")
+    shared_params, _ = _split_named([(n, named[n]) for n in shared])
+    heads = [[named[n] for n in ps] for ps in head_names]
+    _check_disjoint(shared_params, heads)
+
+    # v = ∇θ L_main; the main heads' gradient comes from the same backward.
+    grads = torch.autograd.grad(main_loss.reshape(()), shared_params + heads[0],
+                                allow_unused=True, materialize_grads=True)
+    v, main_head_grads = grads[:len(shared)], grads[len(shared):]
+    aux, dots = directional_derivatives(aux_losses_fn, named, dict(zip(shared, v)))
+    K = aux.numel() + 1
+    if names is None:
+        names = term_names(K, None, "main_aux")
+        heads = [[] for _ in names]
+    elif len(names) != K:
+        raise ValueError(f"aux_losses_fn returned {K - 1} aux losses, but the terms are "
+                         f"{names} (main first)")
+    L = torch.cat([main_loss.detach().reshape(1), aux.detach()])
+    coef, stats = combiner.weights_from_dots(dots, L, names=names)
+
+    _write_weighted(coef[1:], aux, shared_params, heads[1:], retain_graph=False)
+    for p, g_main in zip(shared_params, v):
+        p.grad = p.grad + g_main        # coef_0 = 1
+    for p, g in zip(heads[0], main_head_grads):
+        p.grad = g
+    return stats

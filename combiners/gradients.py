@@ -99,7 +99,10 @@ def per_term_gradients(losses: Mapping[str, torch.Tensor] | Sequence[torch.Tenso
                 L, params, grad_outputs=torch.eye(K, dtype=L.dtype, device=L.device),
                 is_grads_batched=True, retain_graph=True, allow_unused=True,
                 materialize_grads=True)
-            return torch.cat([g.reshape(K, -1) for g in grads], dim=1)
+            # A parameter no term reaches comes back as unbatched zeros shaped like itself.
+            return torch.cat([g.reshape(K, -1) if g.dim() > p.dim() else
+                              g.reshape(1, -1).expand(K, -1) for g, p in zip(grads, params)],
+                             dim=1)
         except RuntimeError as err:
             if not _warned_fallback:
                 warnings.warn("batched per-term gradients are not supported by this graph "

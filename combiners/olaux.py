@@ -34,7 +34,12 @@ class OLAux(Combiner):
     w; `log_losses`: aux terms as log L_aux (needs `losses`); `nonnegative`: clamp w at 0.
 
     Stats: `w/<aux>` (weight used this update), `dot/<aux>` (∇L_main · ∇L_aux as used),
-    `cos/<aux>`, `norm/<term>`. `state_dict()["weights"]` is w.
+    `cos/<aux>`, `norm/<term>`, `olaux/nonfinite` (1 when this update's dots were left out).
+    `state_dict()["weights"]` is w.
+
+    Only the dots ∇L_main · ∇L_aux,i enter the weight step, so `weights_from_dots` runs an
+    update from them alone (see `combiners.apply.apply_forward_dots`, which gets them from one
+    forward-mode pass instead of the K per-term gradients).
     """
 
     role = "main_aux"
@@ -68,25 +73,64 @@ class OLAux(Combiner):
         check_inputs(G, losses, layout)
         K = G.shape[0]
         names = term_names(K, names, self.role)
+        scale = self._row_scale(losses, K)
+        M = gram(G)                                   # raw Gram, one sync
+        M_used = M * scale[:, None] * scale[None, :]  # Gram of the rows actually combined
+        coef, weight_stats = self._advance(M_used[0, 1:], bool(torch.isfinite(M).all()), scale,
+                                           names)
+        g = mix(G, coef)
+
+        stats: Stats = norm_stats(M, coef, names)
+        stats.update(weight_stats)
+        cos = cosine(M[0, 1:], M[0, 0], M.diagonal()[1:])
+        for i, name in enumerate(names[1:]):
+            stats[f"cos/{name}"] = float(cos[i])
+        return g, stats
+
+    def weights_from_dots(self, dots: torch.Tensor, losses: torch.Tensor | None,
+                          names=None) -> tuple[torch.Tensor, Stats]:
+        """This update's coefficients from the raw dot products alone, no G needed.
+
+        `dots[K-1]` holds d_i = ∇θ L_main · ∇θ L_aux,i (raw gradients, before any 1/L_aux,i
+        scaling), `losses[K]` the term values (needed only under `log_losses`). Returns
+        `coef[K]` (float64, CPU) with coef_0 = 1 and coef_i = w_i s_i, so that `coef @ G` is
+        what `combine(G, losses)` returns, and advances w exactly as `combine` does: the dot
+        product of the rows used is s_0 s_i d_i with s_0 = 1. Stats: `w/<aux>`, `dot/<aux>`
+        (and `olaux/nonfinite`); the norms and cosines need the Gram matrix and are absent.
+        """
+        if not isinstance(dots, torch.Tensor) or dots.dim() != 1:
+            raise ValueError(f"dots must be a 1-D tensor [K-1] of ∇L_main·∇L_aux,i, got "
+                             f"{getattr(dots, 'shape', type(dots))}")
+        K = dots.numel() + 1
+        if losses is not None and tuple(losses.shape) != (K,):
+            raise ValueError(f"losses must have shape [{K}] (main, then the {K - 1} aux terms), "
+                             f"got {tuple(losses.shape)}")
+        names = term_names(K, names, self.role)
+        scale = self._row_scale(losses, K)
+        d = host(dots)
+        return self._advance(d * scale[1:], bool(torch.isfinite(d).all()), scale, names)
+
+    def _advance(self, dots_used: torch.Tensor, finite: bool, scale: torch.Tensor,
+                 names: list[str]) -> tuple[torch.Tensor, Stats]:
+        """One update of Alg. 1 from its dot products ∇L_main · ∇(log) L_aux,i: the
+        coefficients of the rows (w in force, times the row scale), then the state step.
+
+        `finite` is False when this update's gradients held a NaN or inf; its dots are then
+        left out of the horizon sum, so one bad batch does not poison w for the rest of the run.
+        """
+        K = scale.numel()
         if self._w is None:
             self._w = torch.ones(K - 1, dtype=torch.float64)
             self._acc = torch.zeros(K - 1, dtype=torch.float64)
         elif self._w.numel() != K - 1:
             raise ValueError(f"OLAux was fed {self._w.numel()} aux terms before, now {K - 1}")
-        scale = self._row_scale(losses, K)
-        M = gram(G)                                   # raw Gram, one sync
-        M_used = M * scale[:, None] * scale[None, :]  # Gram of the rows actually combined
-        dots = M_used[0, 1:]                          # ∇L_main · ∇(log) L_aux,i
-
         w_used = self._w.clone()
         coef = torch.cat([torch.ones(1, dtype=torch.float64), w_used]) * scale
-        g = mix(G, coef)
 
         # Accumulate this update's dot products; step w at the end of each horizon (Alg. 1:
         # the update of θ_t uses the w in force, then w moves if (t + 1) mod N == 0).
-        finite = bool(torch.isfinite(M).all())
-        if finite:   # a non-finite gradient must not poison w for the rest of the run
-            self._acc += dots
+        if finite:
+            self._acc += dots_used
         self._step += 1
         if self._step % self.horizon == 0:
             self._w = self._w + self.lr * self._acc
@@ -94,15 +138,13 @@ class OLAux(Combiner):
                 self._w.clamp_(min=0.0)
             self._acc.zero_()
 
-        stats: Stats = norm_stats(M, coef, names)
+        stats: Stats = {}
         if not finite:
             stats["olaux/nonfinite"] = 1.0
-        cos = cosine(M[0, 1:], M[0, 0], M.diagonal()[1:])
         for i, name in enumerate(names[1:]):
             stats[f"w/{name}"] = float(w_used[i])
-            stats[f"dot/{name}"] = float(dots[i])
-            stats[f"cos/{name}"] = float(cos[i])
-        return g, stats
+            stats[f"dot/{name}"] = float(dots_used[i])
+        return coef, stats
 
     @property
     def weights(self) -> torch.Tensor | None:

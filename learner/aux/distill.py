@@ -49,7 +49,7 @@ class CheckpointTeacher:
     def __init__(self, path: str | Path, obs_shape, device: torch.device):
         from accord.config import load_config
         from learner.checkpoint import load_checkpoint, resolve_checkpoint
-        from models.actor_critic import build_model
+        from models.actor_critic import model_from_config
 
         ckpt, run_dir = resolve_checkpoint(path)
         cfg = load_config(run_dir / "config.yaml")
@@ -57,9 +57,8 @@ class CheckpointTeacher:
             raise ValueError(f"teacher {ckpt}: a distillation teacher must be an IMPALA run, "
                              f"this one is {cfg.learner.algorithm!r}")
         weights = load_checkpoint(ckpt)["model"]
-        num_actions = weights["heads.0.weight"].shape[0] - 1
-        self.model = build_model(cfg.learner.model, obs_shape, num_actions, len(cfg.env.tasks),
-                                 cfg.learner.per_task_heads)
+        num_actions = weights["heads.0.weight"].shape[0] - int(cfg.learner.vf_share_layers)
+        self.model = model_from_config(cfg, obs_shape, num_actions)
         try:
             self.model.load_state_dict(weights)
         except RuntimeError as err:

@@ -12,13 +12,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from combiners import apply_combined, make_combiner
+from combiners import apply_combined, apply_forward_dots, make_combiner
 from learner.algorithm import NonFiniteGuard, rng_state, set_rng_state
 from learner.aux import AuxBatch, build_aux_terms
 from learner.impala.loss import impala_loss, total_loss
 from learner.impala.source import collate  # noqa: F401  (re-exported: the batch format lives there)
-from learner.impala.terms import aux_term_values, layout_kind, parameter_roles
-from models.actor_critic import build_model
+from learner.impala.terms import (AuxLosses, aux_term_values, combiner_options, layout_kind,
+                                  parameter_roles)
+from models.actor_critic import model_from_config
 
 
 class ImpalaLearner:
@@ -26,8 +27,7 @@ class ImpalaLearner:
         self.cfg, self.lcfg = cfg, cfg.learner
         self.device = torch.device(device)
         self.num_tasks = len(cfg.env.tasks)
-        self.model = build_model(self.lcfg.model, spec.obs_shape, spec.num_actions, self.num_tasks,
-                                 self.lcfg.per_task_heads).to(self.device)
+        self.model = model_from_config(cfg, spec.obs_shape, spec.num_actions).to(self.device)
         # Auxiliary heads read the torso's features; they train with the same optimizer.
         self.aux = build_aux_terms(cfg, spec, self.model.torso.output_dim, self.device)
         self.optimizer = torch.optim.RMSprop(
@@ -43,9 +43,13 @@ class ImpalaLearner:
         self.layout = layout_kind(self.lcfg, self.num_tasks)
         self.combiner = None
         if self.layout != "plain":
-            self.combiner = make_combiner(ccfg.name, **ccfg.options)
+            self.combiner = make_combiner(ccfg.name, **combiner_options(ccfg, self.num_tasks))
             self._shared, self._task_params = parameter_roles(self.layout, self.model, self.aux,
                                                               cfg.env.tasks)
+        # OL-AUX from forward-mode dot products: the aux losses as a function of the weights.
+        self._forward_dots = self.layout == "main_aux" and ccfg.strategy == "forward"
+        if self._forward_dots:
+            self._aux_losses = AuxLosses(self.model, self.aux, self.lcfg.loss_reduction)
 
     def parameters(self) -> list[torch.nn.Parameter]:
         """Everything the optimizer trains: the actor-critic and the aux heads."""
@@ -72,12 +76,14 @@ class ImpalaLearner:
         with torch.autocast(self.device.type, dtype=torch.bfloat16,
                             enabled=self.lcfg.bf16 and self.device.type == "cuda"):
             flat_obs = obs.reshape((T + 1) * B, *obs.shape[2:])
-            z = self.model.torso(flat_obs)
-            logits, values = self.model.heads_from(z, task_id.repeat(T + 1))
+            z, logits, values = self.model.features_and_outputs(flat_obs, task_id.repeat(T + 1))
             logits = logits.float().view(T + 1, B, -1)
             values = values.float().view(T + 1, B)
-            aux_steps = self._aux_steps(batch, obs, z.float().view(T + 1, B, -1), logits,
-                                        actions, rewards, task_id, episode_end)
+            make_aux_batch = self._aux_batch_maker(batch, obs, actions, rewards, task_id, episode_end)
+            # With forward-mode dots the aux losses that train are computed inside the jvp;
+            # here only their values (for metrics and the finite check), from the heads alone.
+            with torch.set_grad_enabled(not self._forward_dots):
+                aux_steps = self._aux_steps(make_aux_batch, z, logits)
 
         # After a same-step autoreset the final observation of an ended episode is gone, so a
         # truncation is cut like a termination: no bootstrap across it.
@@ -117,6 +123,14 @@ class ImpalaLearner:
         self.optimizer.zero_grad(set_to_none=True)
         if self.combiner is None:
             loss.backward()
+        elif self._forward_dots:
+            stats = apply_forward_dots(
+                self.combiner, self._aux_losses, task_losses["main"],
+                lambda params: torch.func.functional_call(
+                    self._aux_losses, params, (flat_obs, task_id.repeat(T + 1), make_aux_batch)),
+                self._aux_losses.names_of(p for _, p in self._shared),
+                {term: self._aux_losses.names_of(ps) for term, ps in self._task_params.items()})
+            metrics.update({f"combiner/{k}": v for k, v in stats.items()})
         else:
             stats = apply_combined(self.combiner, task_losses, self._shared, self._task_params,
                                    strategy=self.lcfg.combiner.strategy)
@@ -145,14 +159,23 @@ class ImpalaLearner:
         self.nonfinite.skip(what)
         return {**metrics, "learner/nonfinite_total": float(self.nonfinite_total)}
 
-    def _aux_steps(self, batch, obs, z, logits, actions, rewards, task_id, episode_end) -> dict:
+    def _aux_batch_maker(self, batch, obs, actions, rewards, task_id, episode_end):
+        """`make(z, logits)` -> the `AuxBatch` of this batch for flat torso outputs."""
+        T, B = actions.shape
+        teacher = {key.split("/", 1)[1]: self._to_device(value) for key, value in batch.items()
+                   if key.startswith("teacher_probs/")}
+
+        def make(z: torch.Tensor, logits: torch.Tensor) -> AuxBatch:
+            return AuxBatch(obs=obs, z=z.view(T + 1, B, -1), logits=logits.view(T + 1, B, -1)[:-1],
+                            actions=actions, rewards=rewards, episode_end=episode_end,
+                            task_id=task_id, teacher_probs=teacher)
+        return make
+
+    def _aux_steps(self, make_aux_batch, z, logits) -> dict:
         """Per-step loss and mask of every aux term, `{name: ([T, B], [T, B])}`."""
         if not len(self.aux):
             return {}
-        teacher = {key.split("/", 1)[1]: self._to_device(value) for key, value in batch.items()
-                   if key.startswith("teacher_probs/")}
-        aux_batch = AuxBatch(obs=obs, z=z, logits=logits[:-1], actions=actions, rewards=rewards,
-                             episode_end=episode_end, task_id=task_id, teacher_probs=teacher)
+        aux_batch = make_aux_batch(z.float(), logits)
         return {name: term.per_step(aux_batch) for name, term in self.aux.items()}
 
     def _task_losses(self, loss_terms, task_id: np.ndarray, logits: torch.Tensor, aux_steps: dict):

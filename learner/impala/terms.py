@@ -7,7 +7,8 @@ Three layouts, chosen once from the config:
 - "main_aux": a main/aux combiner (cosine_gate, olaux) with aux terms. The combiner sees
   `main` (the V-trace loss of the whole batch, i.e. of every task: paper 000's multi-task
   L_main) and `aux/<name>` for each aux term. Policy heads are reached by the main term and by
-  distillation, so they are shared; each aux head gets its own term's gradient.
+  distillation, so they are shared; each aux head gets its own term's gradient, and so does a
+  separate value network (`vf_share_layers: false`) the main term's.
 - "tasks": a task combiner (sum, pcgrad), or a main/aux one without aux terms (then the first
   task is main). The combiner sees `task/<name>` per task: its V-trace loss plus its aux terms,
   each on that task's own unrolls, so every task keeps its aux terms. Aux heads are shared by
@@ -33,13 +34,25 @@ def layout_kind(lcfg, num_tasks: int) -> str:
     return "plain"
 
 
+def combiner_options(ccfg, num_tasks: int) -> dict:
+    """The combiner's keyword arguments; cosine_gate's threshold defaults to paper 000's Atari
+    setting (App. G): 0.02 for one game, 0.01 multi-task (its ema already defaults to 0.999
+    and its cosine to the per-layer mean)."""
+    options = dict(ccfg.options)
+    if ccfg.name == "cosine_gate":
+        options.setdefault("threshold", 0.02 if num_tasks == 1 else 0.01)
+    return options
+
+
 def parameter_roles(kind: str, model, aux_terms, task_names) -> tuple[list, dict | None]:
     """(shared as (name, parameter) pairs, {term name: its own parameters} or None)."""
     named = {id(p): n for n, p in model.named_parameters()}
     aux_named = {id(p): f"aux.{n}" for n, p in aux_terms.named_parameters()}
     if kind == "main_aux":
-        shared = [(named[id(p)], p) for p in model.parameters()]
-        own = {f"aux/{name}": list(term.parameters()) for name, term in aux_terms.items()}
+        value = {id(p) for p in model.value_parameters()}
+        shared = [(named[id(p)], p) for p in model.parameters() if id(p) not in value]
+        own = {"main": model.value_parameters(),
+               **{f"aux/{name}": list(term.parameters()) for name, term in aux_terms.items()}}
         return shared, own
     shared = [(named[id(p)], p) for p in model.shared_parameters()]
     shared += [(aux_named[id(p)], p) for p in aux_terms.parameters()]
@@ -52,3 +65,26 @@ def aux_term_values(aux_steps: dict, columns, reduction: str, aux_terms) -> dict
     """`aux/<name>`: each term's weighted loss over `columns`."""
     return {f"aux/{name}": aux_terms[name].weight * reduce_term(loss, mask, columns, reduction)
             for name, (loss, mask) in aux_steps.items()}
+
+
+class AuxLosses(torch.nn.Module):
+    """The aux terms' weighted losses `[n]` as one function of every parameter (actor-critic
+    under `model.`, aux heads under `aux.`), for OL-AUX's forward-mode dot products
+    (`combiners.apply_forward_dots`, learner.combiner.strategy: forward): the torso is re-run
+    inside the jvp so that the tangent ∇θ L_main reaches the aux losses through z."""
+
+    def __init__(self, model, aux_terms, reduction: str):
+        super().__init__()
+        self.model, self.aux = model, aux_terms
+        self.reduction = reduction
+
+    def forward(self, flat_obs, head_ids, make_batch) -> torch.Tensor:
+        z, logits, _ = self.model.features_and_outputs(flat_obs, head_ids)
+        batch = make_batch(z.float(), logits.float())
+        values = aux_term_values({name: term.per_step(batch) for name, term in self.aux.items()},
+                                 slice(None), self.reduction, self.aux)
+        return torch.stack(list(values.values()))
+
+    def names_of(self, params) -> list[str]:
+        named = {id(p): n for n, p in self.named_parameters()}
+        return [named[id(p)] for p in params]

@@ -220,10 +220,13 @@ def _main_and_aux_grads(learner, batch):
     return grads
 
 
+@pytest.mark.parametrize("vf_share_layers", [True, False])
 @pytest.mark.parametrize("threshold,gate", [(2.0, 0.0), (-2.0, 1.0)])
-def test_cosine_gate_adds_the_aux_gradient_to_the_torso_only_while_open(threshold, gate):
+def test_cosine_gate_adds_the_aux_gradient_to_the_torso_only_while_open(threshold, gate,
+                                                                        vf_share_layers):
     cfg = cfg_with({"inverse_dynamics": {"hidden": 8}}, "cosine_gate",
-                   {"ema": 0.0, "threshold": threshold}, max_grad_norm=1e9)
+                   {"ema": 0.0, "threshold": threshold}, max_grad_norm=1e9,
+                   vf_share_layers=vf_share_layers)
     torch.manual_seed(0)
     learner = ImpalaLearner(cfg, VECTOR_SPEC)
     batch = hand_made_batch(seed=3)
@@ -238,3 +241,42 @@ def test_cosine_gate_adds_the_aux_gradient_to_the_torso_only_while_open(threshol
         else:             # the aux head: its own term's gradient, whatever the gate
             torch.testing.assert_close(p.grad, aux[i], rtol=1e-5, atol=1e-6)
     assert any(a.abs().sum() > 0 for a in aux[:n_model])  # the aux term does reach the torso
+    # A separate value network is the main term's own: it is not measured by the gate.
+    value = {id(p) for p in learner.model.value_parameters()}
+    assert len(value) == (0 if vf_share_layers else 6)  # MLP (2 layers) + value head
+    assert not any(k.startswith("combiner/cos_now/aux/inverse_dynamics/value") for k in metrics)
+
+
+def test_olaux_from_forward_mode_dots_updates_like_explicit_per_term_gradients():
+    """learner.combiner.strategy: forward gives every weight the gradient the batched per-term
+    path gives, and OL-AUX's weights move the same, over updates spanning two horizons."""
+    aux = {"inverse_dynamics": {"hidden": 8}, "reward": {"hidden": 8, "weight": 0.5}}
+    options = {"horizon": 2, "lr": 0.5}
+    learners = {}
+    for strategy in ("batched", "forward"):
+        cfg = cfg_with(aux, "olaux", options, vf_share_layers=False)
+        cfg = cfg.model_copy(update={"learner": cfg.learner.model_copy(update={
+            "combiner": cfg.learner.combiner.model_copy(update={"strategy": strategy})})})
+        torch.manual_seed(0)
+        learners[strategy] = ImpalaLearner(cfg, VECTOR_SPEC)
+    assert learners["forward"]._forward_dots and not learners["batched"]._forward_dots
+    for step in range(5):
+        batch = hand_made_batch(seed=20 + step)
+        metrics = {s: learner.update(batch) for s, learner in learners.items()}
+        for p, q in zip(learners["batched"].parameters(), learners["forward"].parameters()):
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6)
+        for key in ("w/aux/inverse_dynamics", "w/aux/reward"):
+            assert metrics["forward"][f"combiner/{key}"] == pytest.approx(
+                metrics["batched"][f"combiner/{key}"], rel=1e-5)
+    assert learners["forward"].combiner.weights.tolist() != [1.0, 1.0]  # w moved
+
+
+@pytest.mark.parametrize("tasks,threshold", [(["CartPole-v1"], 0.02),
+                                             (["CartPole-v1", "CartPole-v0"], 0.01)])
+def test_cosine_gate_defaults_to_paper_000s_atari_setting(tasks, threshold):
+    cfg = cfg_with({"reward": {}}, "cosine_gate")
+    cfg = cfg.model_copy(update={"env": cfg.env.model_copy(update={"tasks": tuple(tasks)})})
+    combiner = ImpalaLearner(cfg, VECTOR_SPEC).combiner
+    assert (combiner.threshold, combiner.ema, combiner.per_layer) == (threshold, 0.999, True)
+    explicit = cfg_with({"reward": {}}, "cosine_gate", {"threshold": 0.3})
+    assert ImpalaLearner(explicit, VECTOR_SPEC).combiner.threshold == 0.3

@@ -1,4 +1,6 @@
 """Per-term gradient strategies, `.grad` plumbing, and the Sum baseline against one backward."""
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -142,6 +144,18 @@ class _NoVmap(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         return torch.from_numpy(grad.numpy() * 2)   # leaves torch: vmap cannot see through
+
+
+@pytest.mark.parametrize("unused_shape", [(4,), (3,)])
+def test_batched_gives_zero_columns_for_a_parameter_no_term_reaches(unused_shape):
+    a = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    unused = torch.randn(unused_shape, dtype=torch.float64, requires_grad=True)
+    losses = [a.sum(), (a ** 2).sum()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")               # no fallback to "sequential"
+        G = per_term_gradients(losses, [a, unused], strategy="batched")
+    torch.testing.assert_close(G, per_term_gradients(losses, [a, unused], strategy="sequential"))
+    assert G.shape == (2, 3 + unused.numel())
 
 
 def test_batched_falls_back_to_sequential_with_a_warning(monkeypatch):
