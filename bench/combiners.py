@@ -11,7 +11,8 @@ side in one run (interleaved, after warm-up, median over repeats).
 (c) The real IMPALA learner (`ImpalaLearner.update`, optimizer step included) on Breakout-shaped
     unrolls with paper 001's four self-supervised terms (inverse and forward dynamics, reward,
     autoencoder). Plain is `sum`: V-trace plus the four aux terms, one backward; each combiner
-    runs in its own learner built from the same seed, all on one fixed batch.
+    runs in its own learner built from the same seed, all on one fixed batch. "olaux forward"
+    is OL-AUX with `learner.combiner.strategy: forward` (dot products from a forward-mode pass).
 
     python -m bench.combiners --device cuda        # or: accord bench combiners --device cuda
 """
@@ -29,8 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-import combiners.apply
-from accord.config import ConfigError, config_from_dict
+from accord.config import config_from_dict
 from combiners import (CosineGate, OLAux, PCGrad, Sum, apply_combined, apply_task_split,
                        flatten, write_grads)
 from envs.spec import EnvSpec
@@ -188,17 +188,6 @@ def atari_batch(T: int, B: int, seed: int = 0) -> dict:
     }
 
 
-def forward_strategy_available() -> bool:
-    """OL-AUX from forward-mode dot products, where combiners and the config offer it."""
-    if not hasattr(combiners.apply, "apply_forward_dots"):
-        return False
-    try:
-        impala_config(1, 1, "olaux", strategy="forward")
-    except ConfigError:
-        return False
-    return True
-
-
 def impala_case(T: int, B: int, device: str, seed: int = 0):
     """(name, learner) per method: separate learners, identical initial weights."""
     from learner.impala.learner import ImpalaLearner
@@ -206,9 +195,8 @@ def impala_case(T: int, B: int, device: str, seed: int = 0):
     methods = [("plain", "sum", {}, "batched"),
                ("cosine_gate every=1", "cosine_gate", {"every": 1}, "batched"),
                ("cosine_gate every=8", "cosine_gate", {"every": 8}, "batched"),
-               ("olaux", "olaux", {}, "batched")]
-    if forward_strategy_available():
-        methods.append(("olaux forward", "olaux", {}, "forward"))
+               ("olaux", "olaux", {}, "batched"),
+               ("olaux forward", "olaux", {}, "forward")]   # dot products by forward mode
     learners = []
     for name, combiner, options, strategy in methods:
         torch.manual_seed(seed)

@@ -7,11 +7,11 @@ import pytest
 
 pytest.importorskip("models.torsos", reason="the benchmark CNN lives in models.torsos")
 
-LEARNER_ROWS = {"plain", "cosine_gate every=1", "cosine_gate every=8", "olaux"}
+LEARNER_ROWS = {"plain", "cosine_gate every=1", "cosine_gate every=8", "olaux", "olaux forward"}
 
 
 def test_bench_runs_on_tiny_sizes_and_returns_rows(capsys):
-    from bench.combiners import forward_strategy_available, main
+    from bench.combiners import main
 
     rows = main(device="cpu", repeats=1, quick=True, tiny=True)
     assert {r["combiner"] for r in rows} >= {"plain", "sum", "pcgrad", "naive pcgrad loop",
@@ -24,8 +24,7 @@ def test_bench_runs_on_tiny_sizes_and_returns_rows(capsys):
         if r["combiner"] == "plain":
             assert r["ratio"] == 1.0
     learner_rows = {r["combiner"]: r for r in rows if r["case"].startswith("impala learner")}
-    expected = LEARNER_ROWS | ({"olaux forward"} if forward_strategy_available() else set())
-    assert set(learner_rows) == expected
+    assert set(learner_rows) == LEARNER_ROWS
     for name, r in learner_rows.items():
         assert r["ratio"] > 0 and math.isfinite(r["ratio"]), name
         assert (r["goal"] is None) == (name == "plain"), name
@@ -40,7 +39,7 @@ def test_impala_case_builds_one_learner_per_method_from_the_same_weights():
     from combiners import CosineGate, OLAux
 
     learners = dict(impala_case(T=2, B=2, device="cpu"))
-    assert LEARNER_ROWS <= set(learners)
+    assert set(learners) == LEARNER_ROWS
     plain = learners["plain"]
     # The baseline sums V-trace and the four aux terms: one backward through Sum.
     assert plain.layout == "tasks" and type(plain.combiner).__name__ == "Sum"
@@ -48,6 +47,9 @@ def test_impala_case_builds_one_learner_per_method_from_the_same_weights():
     assert learners["cosine_gate every=1"].combiner.every == 1
     assert learners["cosine_gate every=8"].combiner.every == 8
     assert isinstance(learners["olaux"].combiner, OLAux)
+    forward = learners["olaux forward"]
+    assert isinstance(forward.combiner, OLAux) and forward.lcfg.combiner.strategy == "forward"
+    assert learners["olaux"].lcfg.combiner.strategy == "batched"
     for name, learner in learners.items():
         assert list(learner.aux) == list(SELF_SUPERVISED), name
         if name != "plain":
