@@ -192,7 +192,9 @@ class ImpalaLearner:
             terms = loss_terms(cols)
             terms.update(aux_term_values(aux_steps, cols, self.lcfg.loss_reduction, self.aux))
             losses[f"task/{name}"] = total_loss(terms)
-            metrics.update({f"{name}/{key}": value for key, value in terms.items()})
+            # One task keeps the plain names, so runs with and without a combiner compare.
+            prefix = f"{name}/" if self.num_tasks > 1 else ""
+            metrics.update({f"{prefix}{key}": value for key, value in terms.items()})
         return losses, metrics
 
     def _set_lr(self) -> None:

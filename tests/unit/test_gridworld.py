@@ -168,3 +168,57 @@ def test_teacher_probabilities():
     np.testing.assert_allclose(soft, [expected, [0.25] * 4])
     with pytest.raises(ValueError, match="temperature"):
         teacher_probs(q, at(2, 3), temperature=-1.0)
+
+
+def test_the_env_holds_the_tabular_teachers_of_both_worlds():
+    from envs.gridworld import GridWorldVecEnv
+    from envs.gridworld_teacher import world_q
+
+    env = GridWorldVecEnv("world-2-main", 0, 6, seed=0)
+    env.reset(seed=0)
+    for _ in range(5):
+        env.step(np.arange(6) % NUM_ACTIONS)
+    pos = env.positions
+    q_aux, q_main = world_q(2, "q_aux"), world_q(2, "q_main")
+    assert not np.array_equal(q_aux, q_main)   # T_main lacks the +10 rewards
+    np.testing.assert_allclose(env.teacher_probs("q_aux", 0.5), teacher_probs(q_aux, pos, 0.5), rtol=1e-6)
+    np.testing.assert_allclose(env.teacher_probs("q_main", 0.0), teacher_probs(q_main, pos, 0.0), rtol=1e-6)
+    # The adversarial teacher is greedy on -Q: the worst action of each cell.
+    worst = env.teacher_probs("q_main", 0.0, invert=True)
+    values = q_main[pos[:, 0], pos[:, 1]]
+    assert np.all(worst[np.arange(6), values.argmin(1)] > 0)
+    with pytest.raises(ValueError, match="q_aux"):
+        env.teacher_probs("q_other")
+
+
+def test_rollouts_record_the_teacher_at_the_cell_of_each_observation():
+    """teacher_probs/<name>[t] is the teacher's policy at the agent's cell when obs[t] was seen."""
+    import torch
+
+    from accord.config import config_from_dict
+    from actors.rollout import RolloutWorker
+    from envs.gridworld_teacher import world_q
+
+    T, M = 6, 4
+    cfg = config_from_dict({
+        "env": {"kind": "gridworld", "tasks": ["world-2-main"], "envs_per_actor": M},
+        "actors": {"num_actors": 1, "unroll_length": T},
+        "learner": {"batch_size": M, "aux": {"good": {"kind": "distill", "teacher": "q_main",
+                                                       "temperature": 0.0}}},
+    })
+    worker = RolloutWorker(cfg, 0, envs.describe("gridworld", "world-2-main"))
+    cells, step = [], worker.env.step
+
+    def spy(actions):
+        cells.append(worker.env.positions)
+        return step(actions)
+
+    worker.env.step = spy
+    torch.manual_seed(0)
+    for _ in range(2):   # the second unroll continues the first
+        cells.clear()
+        unroll = worker.unroll()
+        recorded = unroll["teacher_probs/good"]
+        assert recorded.shape == (T, M, NUM_ACTIONS) and recorded.dtype == np.float32
+        for t in range(T):
+            np.testing.assert_allclose(recorded[t], teacher_probs(world_q(2, "q_main"), cells[t], 0.0))
