@@ -8,6 +8,11 @@ side in one run (interleaved, after warm-up, median over repeats).
     projections in Python) is shown for reference.
 (b) Nature CNN (paper 000 Atari setup) with a policy/value head and 1 or 4 cheap auxiliary
     heads on the shared features; per-term gradients from one batched backward.
+(c) The real IMPALA learner (`ImpalaLearner.update`, optimizer step included) on Breakout-shaped
+    unrolls with paper 001's four self-supervised terms (inverse and forward dynamics, reward,
+    autoencoder). Plain is `sum`: V-trace plus the four aux terms, one backward; each combiner
+    runs in its own learner built from the same seed, all on one fixed batch. "olaux forward"
+    is OL-AUX with `learner.combiner.strategy: forward` (dot products from a forward-mode pass).
 
     python -m bench.combiners --device cuda        # or: accord bench combiners --device cuda
 """
@@ -20,17 +25,22 @@ import statistics
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from accord.config import config_from_dict
 from combiners import (CosineGate, OLAux, PCGrad, Sum, apply_combined, apply_task_split,
                        flatten, write_grads)
+from envs.spec import EnvSpec
 
 GOALS = {  # ratio vs plain on a GPU
     ("mtsac", 10, "pcgrad"): 1.3, ("mtsac", 50, "pcgrad"): 1.5,
     ("cnn", None, "cosine_gate every=8"): 1.15, ("cnn", None, "cosine_gate every=1"): 1.7,
     ("cnn", 4, "olaux"): 1.5,
+    ("impala", None, "cosine_gate every=8"): 1.15, ("impala", None, "cosine_gate every=1"): 1.7,
+    ("impala", 4, "olaux"): 1.5, ("impala", 4, "olaux forward"): 1.5,
 }
 
 
@@ -145,27 +155,100 @@ def cnn_case(num_aux: int, N: int, frame: int, device: str):
                   ("olaux", ours(OLAux()))]
 
 
+# ---- (c) the IMPALA learner with paper 001's auxiliary terms --------------------------------
+
+ATARI_SPEC = EnvSpec((4, 84, 84), np.dtype(np.uint8), num_actions=4)
+SELF_SUPERVISED = ("inverse_dynamics", "forward_dynamics", "reward", "autoencoder")
+
+
+def impala_config(T: int, B: int, combiner: str, options: dict | None = None,
+                  strategy: str = "batched"):
+    return config_from_dict({
+        "env": {"kind": "atari", "tasks": ["breakout"]},
+        "actors": {"unroll_length": T},
+        # No lr decay: every learner steps with the same lr however long the run.
+        "learner": {"model": "nature", "batch_size": B, "lr_decay": False,
+                    "aux": {name: {} for name in SELF_SUPERVISED},
+                    "combiner": {"name": combiner, "options": options or {},
+                                 "strategy": strategy}},
+    })
+
+
+def atari_batch(T: int, B: int, seed: int = 0) -> dict:
+    """One collated batch of B Breakout-shaped unrolls of T steps (random frames and actions)."""
+    rng = np.random.default_rng(seed)
+    return {
+        "obs": rng.integers(0, 256, (T + 1, B, *ATARI_SPEC.obs_shape), dtype=np.uint8),
+        "actions": rng.integers(0, ATARI_SPEC.num_actions, (T, B)).astype(np.int64),
+        "rewards": rng.choice(np.float32([-1, 0, 1]), (T, B)),
+        "terminated": rng.random((T, B)) < 0.05,
+        "truncated": np.zeros((T, B), bool),
+        "behaviour_logits": rng.standard_normal((T, B, ATARI_SPEC.num_actions)).astype(np.float32),
+        "task_id": np.zeros(B, np.int64),
+    }
+
+
+def impala_case(T: int, B: int, device: str, seed: int = 0):
+    """(name, learner) per method: separate learners, identical initial weights."""
+    from learner.impala.learner import ImpalaLearner
+
+    methods = [("plain", "sum", {}, "batched"),
+               ("cosine_gate every=1", "cosine_gate", {"every": 1}, "batched"),
+               ("cosine_gate every=8", "cosine_gate", {"every": 8}, "batched"),
+               ("olaux", "olaux", {}, "batched"),
+               ("olaux forward", "olaux", {}, "forward")]   # dot products by forward mode
+    learners = []
+    for name, combiner, options, strategy in methods:
+        torch.manual_seed(seed)
+        learners.append((name, ImpalaLearner(impala_config(T, B, combiner, options, strategy),
+                                             ATARI_SPEC, device=device)))
+    return learners
+
+
+def _learner_steps(learners, batch: dict) -> list[tuple[str, Callable[[], object]]]:
+    return [(name, lambda learner=learner: learner.update(batch)) for name, learner in learners]
+
+
+def _check_no_skipped_steps(learners) -> None:
+    """A skipped (non-finite) update costs less than a real one and would flatter its method."""
+    skipped = {name: learner.nonfinite_total for name, learner in learners
+               if learner.nonfinite_total}
+    if skipped:
+        raise RuntimeError(f"non-finite updates were skipped, so their times are not comparable: "
+                           f"{skipped}")
+
+
 # ---- timing ------------------------------------------------------------------------------------
 
-def _interleaved(base: nn.Module, methods: list[tuple[str, Callable]], device: str,
-                 repeats: int, warmup: int, block: int) -> dict[str, float]:
+def _model_steps(base: nn.Module, methods: list[tuple[str, Callable]]):
+    """One full update per call (zero_grad, the method's backward, an Adam step), each method
+    on its own copy of `base`."""
+    steps = []
+    for name, fn in methods:
+        model = copy.deepcopy(base)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+        def step(fn=fn, model=model, opt=opt):
+            opt.zero_grad(set_to_none=True)
+            fn(model)
+            opt.step()
+        steps.append((name, step))
+    return steps
+
+
+def _interleaved(steps: list[tuple[str, Callable[[], object]]], device: str, repeats: int,
+                 warmup: int, block: int) -> dict[str, float]:
     """Median seconds per update; each sample is `block` updates, methods take turns (the
     first mover rotates, so slow drifts of the machine hit every method alike)."""
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    runs = []
-    for name, fn in methods:
-        model = copy.deepcopy(base)
-        runs.append((name, fn, model, torch.optim.Adam(model.parameters(), lr=1e-4)))
-    samples: dict[str, list[float]] = {name: [] for name, *_ in runs}
+    samples: dict[str, list[float]] = {name: [] for name, _ in steps}
     for r in range(warmup + repeats):
-        shift = r % len(runs)
-        for name, fn, model, opt in runs[shift:] + runs[:shift]:
+        shift = r % len(steps)
+        for name, step in steps[shift:] + steps[:shift]:
             sync()
             start = time.perf_counter()
             for _ in range(block):
-                opt.zero_grad(set_to_none=True)
-                fn(model)
-                opt.step()
+                step()
             sync()
             if r >= warmup:
                 samples[name].append((time.perf_counter() - start) / block)
@@ -206,14 +289,21 @@ def _print(rows: list[dict], device: str) -> None:
     Console(width=120).print(table)
 
 
-def main(device: str = "cpu", repeats: int | None = None, quick: bool = False,
-         tiny: bool = False) -> list[dict]:
-    """Run both cases and print the table; returns the rows as dicts.
+CASES = ("mtsac", "cnn", "impala")
 
-    On CPU the CNN batch is cut to 32×2 frames (32×20 on CUDA) so the default run stays within
-    three minutes; `quick` uses few repeats (and on CPU 32 samples per task and 32 frames),
-    `tiny` shrinks every model (for smoke tests). The case column names the sizes used.
+
+def main(device: str = "cpu", repeats: int | None = None, quick: bool = False,
+         tiny: bool = False, cases: tuple[str, ...] = CASES) -> list[dict]:
+    """Run the cases and print the table; returns the rows as dicts.
+
+    On CPU the CNN batch is cut to 32×2 frames (32×20 on CUDA) and the learner's to T=5 × B=16
+    unrolls (T=20 × B=32 on CUDA, IMPALA's) so the default run stays within a few minutes;
+    `quick` uses few repeats (and on CPU 32 samples per task, 32 frames, T=5 × B=8), `tiny`
+    shrinks every model and batch (for smoke tests). The case column names the sizes used.
     """
+    unknown = set(cases) - set(CASES)
+    if unknown:
+        raise ValueError(f"unknown bench cases {sorted(unknown)}; expected some of {CASES}")
     cuda = device.startswith("cuda")
     if repeats is None:
         repeats = 2 if quick else (15 if cuda else 7)
@@ -221,20 +311,33 @@ def main(device: str = "cpu", repeats: int | None = None, quick: bool = False,
     if tiny:
         mtsac = [(3, 8, 32), (5, 8, 32)]
         cnn = [(1, 4, 36), (4, 4, 36)]
+        unroll, batch_size = 2, 4
     else:
         n = 32 if quick and not cuda else 128
         mtsac = [(10, n, 400), (50, n, 400)]
         frames = 32 * 20 if cuda else (32 if quick else 32 * 2)
         cnn = [(1, frames, 84), (4, frames, 84)]
+        unroll, batch_size = (20, 32) if cuda else ((5, 8) if quick else (5, 16))
     rows = []
-    for K, n, hidden in mtsac:
+    for K, n, hidden in mtsac if "mtsac" in cases else []:
         base, methods = mtsac_case(K, n, hidden, device)
-        times = _interleaved(base, methods, device, repeats, warmup, block=8 if cuda else 1)
+        times = _interleaved(_model_steps(base, methods), device, repeats, warmup,
+                             block=8 if cuda else 1)
         rows += _rows(f"mtsac critic K={K} ({n}/task)", "mtsac", K, times, device)
-    for num_aux, N, frame in cnn:
+    for num_aux, N, frame in cnn if "cnn" in cases else []:
         base, methods = cnn_case(num_aux, N, frame, device)
-        times = _interleaved(base, methods, device, repeats, warmup, block=8)
+        times = _interleaved(_model_steps(base, methods), device, repeats, warmup, block=8)
         rows += _rows(f"nature cnn main+{num_aux} aux (N={N})", "cnn", num_aux, times, device)
+    if "impala" in cases:
+        learners = impala_case(unroll, batch_size, device)
+        # block=8: every sample of cosine_gate every=8 holds exactly one measured update (a
+        # tiny smoke run times single updates instead).
+        times = _interleaved(_learner_steps(learners, atari_batch(unroll, batch_size)), device,
+                             repeats, warmup, block=1 if tiny else 8)
+        _check_no_skipped_steps(learners)
+        rows += _rows(f"impala learner v-trace+{len(SELF_SUPERVISED)} aux "
+                      f"(T={unroll}, B={batch_size})", "impala", len(SELF_SUPERVISED), times,
+                      device)
     _print(rows, device)
     return rows
 
@@ -245,5 +348,7 @@ if __name__ == "__main__":
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--case", action="append", choices=CASES,
+                        help="run only this case (repeatable); default: all")
     args = parser.parse_args()
-    main(args.device, args.repeats, args.quick, args.tiny)
+    main(args.device, args.repeats, args.quick, args.tiny, tuple(args.case or CASES))
