@@ -35,7 +35,7 @@ def test_bench_runs_on_tiny_sizes_and_returns_rows(capsys):
 def test_impala_case_builds_one_learner_per_method_from_the_same_weights():
     import torch
 
-    from bench.combiners import SELF_SUPERVISED, impala_case
+    from bench.aux_learner import SELF_SUPERVISED, impala_case
     from combiners import CosineGate, OLAux
 
     learners = dict(impala_case(T=2, B=2, device="cpu"))
@@ -63,7 +63,7 @@ def test_impala_case_builds_one_learner_per_method_from_the_same_weights():
 
 
 def test_a_skipped_update_makes_the_learner_case_refuse_its_times():
-    from bench.combiners import _check_no_skipped_steps, atari_batch, impala_case
+    from bench.aux_learner import _check_no_skipped_steps, atari_batch, impala_case
 
     learners = impala_case(T=2, B=2, device="cpu")[:2]
     batch = atari_batch(T=2, B=2)
@@ -75,7 +75,7 @@ def test_a_skipped_update_makes_the_learner_case_refuse_its_times():
 
 
 def test_each_timed_step_updates_its_own_learner():
-    from bench.combiners import _learner_steps, atari_batch, impala_case
+    from bench.aux_learner import _learner_steps, atari_batch, impala_case
 
     learners = impala_case(T=2, B=2, device="cpu")
     for name, step in _learner_steps(learners, atari_batch(T=2, B=2)):
