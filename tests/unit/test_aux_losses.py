@@ -280,3 +280,21 @@ def test_cosine_gate_defaults_to_paper_000s_atari_setting(tasks, threshold):
     assert (combiner.threshold, combiner.ema, combiner.per_layer) == (threshold, 0.999, True)
     explicit = cfg_with({"reward": {}}, "cosine_gate", {"threshold": 0.3})
     assert ImpalaLearner(explicit, VECTOR_SPEC).combiner.threshold == 0.3
+
+
+def test_resume_with_aux_heads_and_a_stateful_combiner_is_exact(tmp_path):
+    cfg = cfg_with({"inverse_dynamics": {"hidden": 8}, "reward": {"hidden": 8}}, "cosine_gate",
+                   {"ema": 0.9})
+    torch.manual_seed(0)
+    first = ImpalaLearner(cfg, VECTOR_SPEC)
+    for seed in range(3):
+        first.update(hand_made_batch(seed=seed))
+    path = save_checkpoint(tmp_path, first.state_dict(), first.updates)
+    torch.manual_seed(99)
+    second = ImpalaLearner(cfg, VECTOR_SPEC)
+    second.load_state_dict(torch.load(path, weights_only=True))
+    for seed in (10, 11):
+        a, b = first.update(hand_made_batch(seed=seed)), second.update(hand_made_batch(seed=seed))
+        assert a == b
+    for p, q in zip(first.parameters(), second.parameters()):
+        assert torch.equal(p, q)
