@@ -139,3 +139,15 @@ def test_ratio_holds_under_an_insert_sample_race(spi, tolerance):
     assert service.blocked_inserts > 0 and service.blocked_samples > 0
     since_start = limiter.inserted - limiter.inserted_at_min_size
     assert abs(since_start * spi - limiter.sampled) <= tol
+
+
+def test_observed_ratio_counts_samples_per_insert_since_min_size():
+    limiter = SampleToInsertRatio(2.0, 0.0, max_insert=4, max_sample=8)
+    limiter.insert(4)
+    assert limiter.observed_ratio() == 0.0  # nothing can be sampled yet
+    limiter.reach_min_size()
+    limiter.sample(3)
+    assert limiter.observed_ratio() == 3.0  # no insert since: divided by one, not by zero
+    limiter.insert(4)
+    limiter.sample(3)
+    assert limiter.observed_ratio() == 6 / 4

@@ -14,8 +14,8 @@ from replay.rate_limiter import SampleToInsertRatio
 from replay.replay_service import ReplayService
 from replay.replay_table import ReplayTable
 from envs.spec import EnvSpec
-from replay.sharding import (shard_of_task, shard_settings, split_by_shard, start_replay_shards,
-                             tasks_of_shard)
+from replay.sharding import (checked_shard_settings, shard_of_task, shard_settings, split_by_shard,
+                             start_replay_shards, tasks_of_shard)
 from tests.unit.transitions import ACTION_DIM, OBS_SHAPE, row_ids_checked, transition_chunk
 
 
@@ -131,3 +131,82 @@ def test_replay_source_merges_shards_in_task_order_and_counts_losses():
     assert source.receive([s.sample.remote(6, 1.0) for s in shards])["episodes"].shape == (0, 4)
     with pytest.raises(ValueError, match="1 replies for 2 shards"):
         source.receive([None])
+
+
+def test_split_by_shard_with_one_shard_or_nothing_to_send():
+    chunk = transition_chunk(range(3), [0, 1, 2])
+    assert split_by_shard(chunk, 1) == {0: chunk}  # one shard: the chunk as it is, no copy
+    episodes_only = transition_chunk([], [], [[1, 5.0, 10, 1.0]])
+    assert list(split_by_shard(episodes_only, 1)) == [0]  # an ended episode alone is still sent
+    assert split_by_shard(transition_chunk([], []), 1) == {}
+    assert split_by_shard(transition_chunk([], []), 3) == {}
+    with pytest.raises(ValueError, match="replay.shards must be >= 1, got 0"):
+        split_by_shard(chunk, 0)
+    with pytest.raises(ValueError, match="task_id must be >= 0, got -2"):
+        shard_of_task(-2, 2)
+
+
+def test_split_by_shard_without_episodes_sends_none():
+    chunk = transition_chunk(range(4), [1, 3, 1, 3])
+    del chunk["episodes"]
+    parts = split_by_shard(chunk, 2)
+    assert list(parts) == [1]  # no episode of task 0 appears from nowhere
+    assert parts[1]["episodes"].shape == (0, 4)
+    chunk["episodes"] = []  # an empty list of episodes, as a plain list
+    assert list(split_by_shard(chunk, 2)) == [1]
+
+
+def test_split_by_shard_routes_episodes_by_their_task_column_as_floats():
+    # returns (column 1) whose parity differs from their task's, and integer-valued input
+    chunk = transition_chunk(range(2), [0, 1])
+    chunk["episodes"] = [[0, 1, 4, 1], [1, 2, 4, 0]]
+    parts = split_by_shard(chunk, 2)
+    np.testing.assert_array_equal(parts[0]["episodes"], [[0, 1, 4, 1]])
+    np.testing.assert_array_equal(parts[1]["episodes"], [[1, 2, 4, 0]])
+    assert parts[0]["episodes"].dtype == np.float64  # a NaN success must fit
+
+
+def test_shard_settings_round_the_tasks_per_actor_up():
+    cfg = sac_config(tasks=3, shards=1, actors=3)
+    two_actors = cfg.model_copy(update={"actors": cfg.actors.model_copy(update={"num_actors": 2})})
+    settings = shard_settings(two_actors, 3, 0)
+    assert settings["max_insert"] == 5 * 2 * 2  # 3 tasks on 2 actors: one actor steps 2 tasks
+    assert isinstance(settings["max_insert"], int)
+
+
+def test_learning_starts_may_equal_the_capacity():
+    cfg = sac_config(learning_starts=50)
+    assert [s["task_ids"] for s in checked_shard_settings(cfg)] == [[0, 2], [1, 3]]
+
+
+class RecordingActors:
+    """Stands in for ReplayActor: records the name and arguments each shard is started with."""
+
+    started: list = []
+
+    @classmethod
+    def options(cls, **options):
+        return _Remote(cls.started, options)
+
+
+class _Remote:
+    def __init__(self, started, options):
+        self.started, self.options = started, options
+
+    def remote(self, *args):
+        self.started.append((self.options, args))
+        return len(self.started) - 1
+
+
+def test_start_replay_shards_starts_each_shard_with_its_own_settings(monkeypatch):
+    monkeypatch.setattr("replay.replay_service.ReplayActor", RecordingActors)
+    monkeypatch.setattr(RecordingActors, "started", [])
+    spec = EnvSpec(obs_shape=OBS_SHAPE, obs_dtype=np.float32, action_dim=ACTION_DIM)
+    cfg = sac_config(tasks=4, shards=2, samples_per_insert=4.0, tolerance=30.0)
+    cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"seed": 17})})
+    handles = start_replay_shards(cfg, spec, "run9")
+    assert handles == [0, 1]
+    assert [options for options, _ in RecordingActors.started] == [
+        {"name": "accord-replay-run9-0"}, {"name": "accord-replay-run9-1"}]
+    for shard, (_, args) in enumerate(RecordingActors.started):
+        assert args == (shard, [shard, shard + 2], spec, 50, 3, 4.0, 30.0, 10, 12, 17)

@@ -103,3 +103,25 @@ def test_bad_chunks_and_requests_are_refused_by_name():
         table.sample(4, np.random.default_rng(0))
     with pytest.raises(ValueError, match="capacity_per_task"):
         make_table(capacity=0)
+
+
+def test_a_sample_of_no_rows_is_refused_by_name():
+    table = make_table(tasks=(0,), capacity=5)
+    table.insert(transition_chunk(range(2), [0, 0]))
+    with pytest.raises(ValueError, match="batch_per_task must be >= 1, got 0"):
+        table.sample(0, np.random.default_rng(0))
+
+
+def test_bad_table_settings_are_refused_by_name():
+    with pytest.raises(ValueError, match="^ReplayTable needs at least one task id$"):
+        ReplayTable([], 5, OBS_SHAPE, np.float32, ACTION_DIM)
+    with pytest.raises(ValueError, match=r"^ReplayTable: duplicate task ids in \[1, 2, 1\]$"):
+        ReplayTable([1, 2, 1], 5, OBS_SHAPE, np.float32, ACTION_DIM)
+    with pytest.raises(ValueError, match=r"^replay.capacity_per_task must be >= 1, got 0$"):
+        ReplayTable([0], 0, OBS_SHAPE, np.float32, ACTION_DIM)
+    for action_dim in (None, 0):
+        with pytest.raises(ValueError, match=rf"^ReplayTable needs a continuous action space "
+                                             rf"\(action_dim >= 1\), got {action_dim}$"):
+            ReplayTable([0], 5, OBS_SHAPE, np.float32, action_dim)
+    one_row = ReplayTable([0], 1, OBS_SHAPE, np.float32, 1)  # the smallest table is a valid one
+    assert one_row.capacity == 1
