@@ -151,3 +151,12 @@ def test_observed_ratio_counts_samples_per_insert_since_min_size():
     limiter.insert(4)
     limiter.sample(3)
     assert limiter.observed_ratio() == 6 / 4
+
+
+def test_diff_is_zero_until_min_size():
+    limiter = SampleToInsertRatio(2.0, 0.0, max_insert=4, max_sample=8)
+    limiter.insert(4)
+    assert limiter.diff() == 0.0
+    limiter.reach_min_size()
+    limiter.insert(2)
+    assert limiter.diff() == 2 * 2.0

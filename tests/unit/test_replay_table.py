@@ -125,3 +125,13 @@ def test_bad_table_settings_are_refused_by_name():
             ReplayTable([0], 5, OBS_SHAPE, np.float32, action_dim)
     one_row = ReplayTable([0], 1, OBS_SHAPE, np.float32, 1)  # the smallest table is a valid one
     assert one_row.capacity == 1
+
+
+def test_sampled_fields_keep_their_declared_dtypes():
+    table = ReplayTable([0], 4, OBS_SHAPE, np.uint8, ACTION_DIM)  # pixel-like observations
+    table.insert(transition_chunk(range(3), [0, 0, 0]))
+    batch = table.sample(2, np.random.default_rng(0))
+    assert {k: batch[k].dtype for k in ("obs", "next_obs", "action", "reward", "terminated",
+                                         "truncated", "version")} == {
+        "obs": np.uint8, "next_obs": np.uint8, "action": np.float32, "reward": np.float32,
+        "terminated": np.bool_, "truncated": np.bool_, "version": np.int64}
