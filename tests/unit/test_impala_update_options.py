@@ -112,3 +112,45 @@ def test_a_checkpoint_without_aux_state_loads_into_a_learner_without_aux_heads()
     for p, q in zip(source.model.parameters(), target.model.parameters()):
         assert torch.equal(p, q)
     assert (target.updates, target.frames) == (source.updates, source.frames)
+
+
+def test_main_aux_metrics_are_the_main_terms_and_each_aux_term_over_the_whole_batch():
+    learner = make_learner(loss_reduction="mean", aux={"reward": {"hidden": 8, "weight": 0.7}},
+                           combiner={"name": "cosine_gate"})
+    assert learner.layout == "main_aux"
+    batch = hand_made_batch(seed=6)
+    reference, head = copy.deepcopy(learner.model), copy.deepcopy(learner.aux["reward"].head)
+    metrics = learner.update(batch)
+    main = reference_loss(reference, batch, learner.lcfg, range(3))
+    aux = reference_reward_term(reference, head, batch, range(3), weight=0.7)
+    loss_keys = {key for key in metrics
+                 if key.startswith("loss/") and not key.startswith("loss/stats/")}
+    assert loss_keys == {*(f"loss/{name}" for name in main), "loss/aux/reward", "loss/total"}
+    assert metrics["loss/aux/reward"] == pytest.approx(aux, rel=1e-4)
+    assert metrics["loss/total"] == pytest.approx(float(sum(main.values())) + aux, rel=1e-4)
+
+
+def test_frames_count_emulator_frames_of_the_frameskip():
+    learner = make_learner()
+    learner.cfg = learner.cfg.model_copy(update={"env": learner.cfg.env.model_copy(
+        update={"kind": "atari"})})
+    assert learner.cfg.frames_per_step == 4
+    learner.update(hand_made_batch(seed=7))
+    assert learner.frames == 4 * 3 * 4  # T x B agent steps, 4 frames each
+
+
+def test_olaux_forward_dots_with_per_task_heads_match_the_batched_path():
+    """The forward-mode pass re-runs the model with one head id per flat observation."""
+    aux = {"reward": {"hidden": 8, "weight": 0.5}}
+    learners = {}
+    for strategy in ("batched", "forward"):
+        learners[strategy] = make_learner(
+            TASKS, aux=aux, per_task_heads=True, vf_share_layers=False,
+            combiner={"name": "olaux", "strategy": strategy, "options": {"horizon": 2}})
+    assert learners["forward"]._forward_dots
+    for step in range(3):
+        batch = hand_made_batch(task_id=(0, 1, 0), seed=30 + step)
+        for learner in learners.values():
+            learner.update(batch)
+        for p, q in zip(learners["batched"].parameters(), learners["forward"].parameters()):
+            torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-6)
