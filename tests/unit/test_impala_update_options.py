@@ -154,3 +154,43 @@ def test_olaux_forward_dots_with_per_task_heads_match_the_batched_path():
             learner.update(batch)
         for p, q in zip(learners["batched"].parameters(), learners["forward"].parameters()):
             torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("strategy", ["sequential", "batched"])
+def test_the_configured_combiner_strategy_reaches_apply_combined(monkeypatch, strategy):
+    import learner.impala.learner as module
+
+    seen = []
+    real = module.apply_combined
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("strategy"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "apply_combined", recording)
+    learner = make_learner(TASKS, combiner={"name": "pcgrad", "strategy": strategy})
+    learner.update(hand_made_batch(task_id=(0, 1, 0), seed=8))
+    assert seen == [strategy]
+
+
+def test_a_run_of_nonfinite_gradients_stops_and_names_the_gradient_norm(monkeypatch):
+    from learner.algorithm import NonFiniteLossError
+
+    learner = make_learner(max_nonfinite_run=2)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_",
+                        lambda *a, **k: torch.tensor(float("inf")))
+    learner.update(hand_made_batch(seed=9))
+    with pytest.raises(NonFiniteLossError, match="last: gradient norm inf"):
+        learner.update(hand_made_batch(seed=10))
+
+
+def test_recorded_teacher_probabilities_keep_an_aux_name_that_contains_a_slash():
+    learner = make_learner()
+    batch = hand_made_batch(seed=11)
+    probs = np.full((4, 3, 2), 0.5, np.float32)
+    batch["teacher_probs/distill/q_aux"] = probs
+    tensors = [torch.as_tensor(batch[key]) for key in ("obs", "actions", "rewards", "task_id")]
+    make = learner._aux_batch_maker(batch, *tensors, torch.as_tensor(batch["terminated"]))
+    aux_batch = make(torch.zeros(5 * 3, 8), torch.zeros(5 * 3, 2))
+    assert list(aux_batch.teacher_probs) == ["distill/q_aux"]
+    torch.testing.assert_close(aux_batch.teacher_probs["distill/q_aux"], torch.as_tensor(probs))
