@@ -5,36 +5,95 @@
     accord plot RUN_DIR [RUN_DIR ...] [--out DIR]
     accord bench throughput|combiners|sac|mt10 [...]
 
-A bad config prints one line naming the field and exits 2 before Ray or any actor starts.
+Bad input anywhere (a config field, a path that is not a run or a checkpoint, an unknown
+command or option, a device the machine lacks) prints one line naming it and exits 2, before
+Ray or any actor starts where it can be known that early; nothing already on disk is lost.
+Any other exception is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.core import TyperGroup
+
+try:  # recent typer carries its own copy of click, whose exceptions these are
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+except ImportError:
+    from click.exceptions import NoArgsIsHelpError, UsageError
 
 from accord.config import ConfigError, load_config
+from accord.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+EXIT_CONFIG = 2  # every kind of bad input, as for a bad config
+
+
+@contextmanager
+def _one_line_errors():
+    """Bad input, raised as `UserError` or found by click while parsing, becomes one line on
+    stderr and exit code 2 (click's own usage box spans several lines)."""
+    try:
+        yield
+    except NoArgsIsHelpError:
+        raise  # `accord` or `accord bench` alone: the help text is the answer
+    except UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "accord"
+        message = exc.format_message()
+        if exc.ctx is not None and isinstance(exc.ctx.command, TyperGroup) and "command" in message:
+            message += f" Commands: {', '.join(exc.ctx.command.list_commands(exc.ctx))}."
+        typer.echo(f"error: {where}: {message} (see {where} --help)", err=True)
+        raise typer.Exit(EXIT_CONFIG) from None
+    except ConfigError as exc:
+        typer.echo(f"config error: {exc}", err=True)
+        raise typer.Exit(EXIT_CONFIG) from None
+    except UserError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_CONFIG) from None
+
+
+class _AccordGroup(TyperGroup):
+    """The root command: parsing and running every subcommand happen inside these two calls."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        with _one_line_errors():
+            return super().parse_args(ctx, args)
+
+    def invoke(self, ctx):
+        with _one_line_errors():
+            return super().invoke(ctx)
+
+
+app = typer.Typer(cls=_AccordGroup, add_completion=False, no_args_is_help=True,
+                  pretty_exceptions_enable=False,
                   help="Multi-task and auxiliary-task RL with gradient combiners, on Ray.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print ratios measured side by side.")
 app.add_typer(bench_app, name="bench")
 
-EXIT_CONFIG = 2
+
+def _positive(option: str, value: float) -> None:
+    if not value > 0:
+        raise UserError(f"{option}: must be > 0, got {value:g}")
 
 
-def _fail_config(message: str) -> None:
-    typer.echo(f"config error: {message}", err=True)
-    raise typer.Exit(EXIT_CONFIG)
+def _torch_device(option: str, device: str) -> str:
+    """cpu, cuda or cuda:N, and only a CUDA device torch can see (checked before any model is
+    built, so a typo or a CPU-only machine costs one line, not a CUDA traceback)."""
+    name, _, index = device.partition(":")
+    if name not in ("cpu", "cuda") or (index and (name == "cpu" or not index.isdigit())):
+        raise UserError(f"{option}: {device!r} is not a device; use cpu, cuda or cuda:N")
+    if name == "cuda":
+        import torch
 
-
-def _load_or_exit(config: Path, overrides: list[str]):
-    try:
-        return load_config(config, overrides)
-    except ConfigError as exc:
-        _fail_config(str(exc))
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise UserError(f"{option} {device}: torch sees no CUDA device on this machine; use cpu")
+        if index and int(index) >= count:
+            raise UserError(f"{option} {device}: this machine has {count} CUDA device(s), "
+                            f"cuda:0 to cuda:{count - 1}")
+    return device
 
 
 @app.command()
@@ -46,27 +105,40 @@ def train(
 ) -> None:
     """Train an agent; Ctrl-C saves a checkpoint and exits."""
     if config is None and resume is None:
-        _fail_config("give a CONFIG file or --resume RUN_DIR")
+        raise ConfigError("give a CONFIG file or --resume RUN_DIR")
     if resume is not None:
+        if not resume.is_dir():
+            raise ConfigError(f"--resume: no such run directory {resume}")
         if not (resume / "config.yaml").is_file():
-            _fail_config(f"--resume: {resume} is not a run directory (no config.yaml)")
+            raise ConfigError(f"--resume: {resume} is not a run directory (no config.yaml)")
         config = config or resume / "config.yaml"
-    try:
-        cfg = load_config(config, set_)
-    except ConfigError as exc:
-        _fail_config(str(exc))
+    cfg = load_config(config, set_)
 
     from learner.checkpoint import list_checkpoints
 
     if resume is not None and not list_checkpoints(resume):
-        typer.echo(f"error: --resume: {resume} has no checkpoints to continue from", err=True)
-        raise typer.Exit(1)
+        raise UserError(f"--resume: {resume} has no checkpoints to continue from")
 
-    from accord.driver import new_run_dir, train as run_training  # heavy imports after validation
+    from accord.run_dir import new_run_dir
 
     run_dir = resume if resume is not None else new_run_dir(cfg)
-    result = run_training(cfg, run_dir, address=address, resume=resume is not None)
+
+    from accord.driver import train as run_training  # heavy imports after validation
+
+    try:
+        result = run_training(cfg, run_dir, address=address, resume=resume is not None)
+    except UserError:
+        if resume is None:
+            _remove_if_empty(run_dir)  # refused before anything was written: leave no husk
+        raise
     raise typer.Exit(result.exit_code)
+
+
+def _remove_if_empty(directory: Path) -> None:
+    try:
+        directory.rmdir()  # fails, and so keeps it, if anything is in it
+    except OSError:
+        pass
 
 
 @app.command("eval")
@@ -75,14 +147,14 @@ def evaluate(
     episodes: int = typer.Option(10, min=1, help="Episodes per task."),
     greedy: bool = typer.Option(False, help="Take the most likely action instead of sampling."),
 ) -> None:
-    """Play a checkpoint's policy on every task of its run and print the mean return."""
+    """Play a checkpoint's policy on every task of its run and print the mean return.
+
+    Given a run directory, a newest checkpoint that does not load is skipped (one line on
+    stderr) for the next older one, as `train --resume` does; the files are left as they are."""
     from accord.evaluate import evaluate_checkpoint
 
-    try:
-        results = evaluate_checkpoint(checkpoint, episodes, greedy)
-    except (FileNotFoundError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1)
+    results = evaluate_checkpoint(checkpoint, episodes, greedy,
+                                  on_skip=lambda message: typer.echo(message, err=True))
     for task, r in results.items():
         success = "" if r.success_rate is None else f"; success rate {r.success_rate:.2f}"
         typer.echo(f"{task}: mean return {r.mean_return:.2f} ± {r.std_return:.2f} over "
@@ -100,11 +172,7 @@ def plot(
     """Draw returns, success rates, losses and combiner statistics of runs as PNG files."""
     from accord.plot import plot_runs
 
-    try:
-        written = plot_runs(run_dirs, out if out is not None else run_dirs[0] / "plots")
-    except (FileNotFoundError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1)
+    written = plot_runs(run_dirs, out if out is not None else run_dirs[0] / "plots")
     for path in written:
         typer.echo(str(path))
 
@@ -117,7 +185,11 @@ def bench_throughput(
     set_: list[str] = typer.Option([], "--set", help="Config overrides."),
 ) -> None:
     """Raw AtariVectorEnv frames/s vs the actor fleet's frames/s with the queue drained."""
-    cfg = _load_or_exit(config, set_)
+    _positive("--seconds", seconds)
+    cfg = load_config(config, set_)
+    if cfg.env.kind != "atari":
+        raise ConfigError(f"env.kind: bench throughput compares the fleet with AtariVectorEnv and "
+                          f"needs an atari config; {config} has {cfg.env.kind!r}")
     from bench.throughput import main as throughput_main
 
     throughput_main(cfg, seconds, use_learner=learner)
@@ -130,7 +202,11 @@ def bench_mt10(
     set_: list[str] = typer.Option([], "--set", help="Config overrides."),
 ) -> None:
     """MT10 env steps/s end to end (actors, replay, SAC learner) vs the raw Meta-World envs."""
-    cfg = _load_or_exit(config, set_)
+    _positive("--seconds", seconds)
+    cfg = load_config(config, set_)
+    if cfg.env.kind != "metaworld":
+        raise ConfigError(f"env.kind: bench mt10 runs Meta-World and needs a metaworld config; "
+                          f"{config} has {cfg.env.kind!r}")
     from bench.mt10 import main as mt10_main
 
     mt10_main(cfg, seconds)
@@ -142,6 +218,7 @@ def bench_combiners(
     quick: bool = typer.Option(False, help="Few repeats, small sizes: a smoke run."),
 ) -> None:
     """Each combiner's update time divided by the plain summed-loss update."""
+    _torch_device("--device", device)
     from bench.combiners import main as combiners_main
 
     combiners_main(device=device, quick=quick)
@@ -153,6 +230,7 @@ def bench_sac(
     quick: bool = typer.Option(False, help="Small networks, one repeat: a smoke run."),
 ) -> None:
     """Multi-task SAC update time with PCGrad (and a naive per-task loop) divided by plain SAC."""
+    _torch_device("--device", device)
     from bench.sac import main as sac_main
 
     sac_main(device=device, quick=quick)

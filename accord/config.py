@@ -12,6 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from accord.errors import UserError
 
 AUX_KINDS = ("distill", "inverse_dynamics", "forward_dynamics", "reward", "autoencoder")
 # Distillation teachers the actors record instead of the learner running them: the gridworld's
@@ -19,7 +20,7 @@ AUX_KINDS = ("distill", "inverse_dynamics", "forward_dynamics", "reward", "autoe
 RECORDED_TEACHERS = ("q_aux", "q_main")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config that cannot run; the message names the offending field."""
 
 
@@ -376,10 +377,15 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Experimen
     tree: dict = {}
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"config: {str(path)!r} is a directory, not a YAML file "
+                              f"(to continue a run: accord train --resume {path})")
         if not path.is_file():
             raise ConfigError(f"config: no such file {str(path)!r}")
         try:
             tree = yaml.safe_load(path.read_text()) or {}
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config: cannot read {path} ({type(exc).__name__}: {exc})") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"config: {path} is not valid YAML: {' '.join(str(exc).split())}") from None  # the CLI prints one line
         if not isinstance(tree, dict):
@@ -433,6 +439,18 @@ def _check_gym_spaces(cfg: ExperimentConfig) -> None:
         if other != spec:
             raise ConfigError(f"env.tasks.{i}: {cfg.env.tasks[i]} has spaces {other}, unlike "
                               f"{cfg.env.tasks[0]} ({spec}); one network needs one set of spaces")
+
+
+def check_resources(cfg: ExperimentConfig, resources: dict[str, float],
+                    where: str = "the Ray cluster") -> None:
+    """What the config asks of the hardware against what `where` offers (a Ray cluster's
+    `ray.cluster_resources()`, or this machine before an embedded Ray starts), checked before any
+    actor starts: a learner pinned to CUDA where no node has a GPU would wait forever for a GPU
+    slot, or fail inside its actor with a CUDA error far from the field that asked for it."""
+    if cfg.learner.device == "cuda" and resources.get("GPU", 0) < 1:
+        raise ConfigError(f"learner.device: 'cuda' but {where} has no GPU resource ("
+                          f"{resources.get('CPU', 0):g} CPUs, 0 GPUs); use auto (CUDA when there "
+                          f"is a GPU) or cpu")
 
 
 def to_yaml(cfg: ExperimentConfig) -> str:

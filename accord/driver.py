@@ -21,7 +21,8 @@ from pathlib import Path
 
 import ray
 
-from accord.config import ExperimentConfig, to_yaml
+from accord.config import ExperimentConfig, check_resources, to_yaml
+from accord.errors import UserError
 from accord.console import Console
 from accord.loop import STOP_SIGNALS, RayRoles, RunResult, TrainingLoop
 from accord.metrics import EpisodeTracker, MetricsSink
@@ -31,18 +32,21 @@ from actors.remote import RolloutActor
 from actors.rollout import env_options
 from envs import EnvSpec, describe
 from learner.broadcast import WeightStore
-from learner.checkpoint import load_latest
+from learner.checkpoint import Restored, load_latest
 from learner.remote import LearnerActor
 from replay.service import QueueActor
 
-def new_run_dir(cfg: ExperimentConfig) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path(cfg.run.root) / f"{cfg.run.name}-{stamp}"
-    path, i = base, 1
-    while path.exists():
-        path, i = Path(f"{base}-{i}"), i + 1
-    path.mkdir(parents=True)
-    return path
+def joins_cluster(address: str | None) -> bool:
+    """Whether `init_ray(address)` would join a running cluster rather than start an embedded one."""
+    return ray.is_initialized() or bool(address or os.environ.get("RAY_ADDRESS"))
+
+
+def local_resources() -> dict[str, float]:
+    """What an embedded Ray would offer, known without starting it (Ray counts the GPUs that
+    CUDA shows), so a config this machine cannot run fails before any process starts."""
+    import torch
+
+    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
 
 
 def init_ray(address: str | None, num_actors: int = 1) -> bool:
@@ -116,32 +120,44 @@ def start_watchdog(run_dir: Path) -> subprocess.Popen:
 
 def train(cfg: ExperimentConfig, run_dir: Path, *, address: str | None = None,
           resume: bool = False, console: Console | None = None) -> RunResult:
+    """Bad input found here (no loadable checkpoint to resume, a device the cluster lacks)
+    raises `UserError` before the run directory is written to: its config.yaml and status.json
+    stay as they were."""
     console = console or Console(enabled=cfg.run.progress)
     # Absolute: the learner actor writes checkpoints from its own working directory.
     run_dir = Path(run_dir).resolve()
+    if not joins_cluster(address):
+        check_resources(cfg, local_resources(), where="this machine")
+    restored = None
     if resume:
         console.log(f"previous run: {describe_status(read_status(run_dir))}")
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    write_status(run_dir, "running", "starting", exit_code=None, **driver_facts())
+        restored = _restore(run_dir, console)  # before Ray: nothing to resume, nothing started
     watchdog = start_watchdog(run_dir)
     stop = StopRequest(hangup_log=run_dir / "console.log")
     previous: dict = {}
     started_ray = False
+    recorded = False  # whether this start has written to the run directory
     try:
         # Ray's processes inherit an ignored SIGHUP (dispositions survive exec), so a closed
         # terminal stops the driver alone, which then stops them in order.
         previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)
         started_ray = init_ray(address, cfg.actors.num_actors)
+        check_resources(cfg, ray.cluster_resources())
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        write_status(run_dir, "running", "starting", exit_code=None, **driver_facts())
+        recorded = True
         previous.update({s: signal.signal(s, stop) for s in STOP_SIGNALS if s not in previous})
         signal.signal(signal.SIGHUP, stop)
-        return _train(cfg, run_dir, resume, console, stop)
+        return _train(cfg, run_dir, restored, console, stop)
     except KeyboardInterrupt:
-        _record_abort(run_dir, "interrupted", "stopped by a signal during start-up or by a second "
-                                              "one before the final checkpoint; the newest "
-                                              "checkpoint is older")
+        if recorded:
+            _record_abort(run_dir, "interrupted", "stopped by a signal during start-up or by a "
+                                                  "second one before the final checkpoint; the "
+                                                  "newest checkpoint is older")
         raise
     except BaseException as exc:
-        _record_abort(run_dir, "failed", f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+        if recorded:
+            _record_abort(run_dir, "failed", f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
         raise
     finally:
         for sig, handler in previous.items():
@@ -153,6 +169,23 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, address: str | None = None,
             watchdog.wait(timeout=20)
         except subprocess.TimeoutExpired:
             pass  # still ending stragglers; it exits on its own once they are gone
+
+
+def _restore(run_dir: Path, console: Console) -> Restored:
+    """The newest checkpoint of `run_dir` that loads (corrupt ones are set aside as `*.corrupt`,
+    kept, and logged); `UserError` when none does."""
+    restored = load_latest(run_dir)
+    for path, error in restored.corrupt:
+        console.log(f"[yellow]skipped corrupt checkpoint {path.name}: {error}")
+    if restored.path is None:
+        if not restored.corrupt:
+            raise UserError(f"--resume: {run_dir} has no checkpoints to continue from")
+        newest, error = restored.corrupt[0]
+        raise UserError(f"--resume: none of the {len(restored.corrupt)} checkpoints under "
+                        f"{run_dir}/checkpoints loads ({newest.name}: {error}); all are kept, "
+                        f"renamed *.corrupt")
+    console.log(f"resuming from {restored.path.name}")
+    return restored
 
 
 def _record_abort(run_dir: Path, state: str, reason: str) -> None:
@@ -204,10 +237,8 @@ def start_service(cfg: ExperimentConfig, spec: EnvSpec, run_id: str) -> tuple[li
 def start_topology(cfg: ExperimentConfig, run_id: str, checkpoint: str | None = None) -> Topology:
     """Create every role on the connected Ray cluster; load `checkpoint` into the learner first."""
     spec = describe(cfg.env.kind, cfg.env.tasks[0], **env_options(cfg))
+    check_resources(cfg, ray.cluster_resources())
     has_gpu = ray.cluster_resources().get("GPU", 0) >= 1 and cfg.learner.device != "cpu"
-    if cfg.learner.device == "cuda" and not has_gpu:
-        raise RuntimeError("learner.device is 'cuda' but the Ray cluster has no GPU; "
-                           "use device: auto or cpu")
     cpus = ray.cluster_resources().get("CPU", 0)
     if cpus < cfg.actors.num_actors + 1:
         warnings.warn(f"the cluster has {cpus:.0f} CPUs for {cfg.actors.num_actors} rollout actors "
@@ -229,17 +260,11 @@ def start_topology(cfg: ExperimentConfig, run_id: str, checkpoint: str | None = 
     return Topology(service, weight_store, learner, actors, spec, evaluator)
 
 
-def _train(cfg: ExperimentConfig, run_dir: Path, resume: bool, console: Console,
+def _train(cfg: ExperimentConfig, run_dir: Path, restored: Restored | None, console: Console,
            stop: StopRequest) -> RunResult:
     checkpoint, corrupt = None, 0
-    if resume:
-        restored = load_latest(run_dir)
-        for path, error in restored.corrupt:
-            console.log(f"[yellow]skipped corrupt checkpoint {path.name}: {error}")
-        if restored.path is None:
-            raise RuntimeError(f"--resume: no loadable checkpoint under {run_dir}/checkpoints")
+    if restored is not None:
         checkpoint, corrupt = str(restored.path), len(restored.corrupt)
-        console.log(f"resuming from {restored.path.name}")
     topo = start_topology(cfg, run_dir.name, checkpoint)
     sink = MetricsSink(run_dir)
     episodes = EpisodeTracker(cfg.env.tasks)

@@ -25,6 +25,8 @@ from typing import Callable
 
 import numpy as np
 
+from accord.errors import UserError
+
 
 @dataclass(frozen=True)
 class Run:
@@ -64,11 +66,14 @@ def _cell(text: str | None) -> float:
 
 
 def load_run(run_dir: str | Path) -> Run:
-    """The run's metrics.csv as float columns; FileNotFoundError when there is none."""
+    """The run's metrics.csv as float columns; `UserError` when there is none or it is not
+    numbers."""
     run_dir = Path(run_dir)
     path = run_dir / "metrics.csv"
+    if not run_dir.is_dir():
+        raise UserError(f"no such run directory {run_dir}")
     if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} has no metrics.csv (is it a run directory?)")
+        raise UserError(f"{run_dir} has no metrics.csv (is it a run directory?)")
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
         fields = list(reader.fieldnames or [])
@@ -76,7 +81,7 @@ def load_run(run_dir: str | Path) -> Run:
     try:
         columns = {f: np.array([_cell(row.get(f)) for row in rows], dtype=np.float64) for f in fields}
     except ValueError as exc:
-        raise ValueError(f"{path}: a cell is not a number ({exc})") from exc
+        raise UserError(f"{path}: a cell is not a number ({exc})") from None
     if "frames" not in columns and "step" in columns:
         columns["frames"] = columns["step"]  # older or partial runs: fall back to the update step
     return Run(run_dir.resolve().name, columns)
@@ -127,16 +132,26 @@ def _points(run: Run, x_key: str, y_key: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def plot_runs(run_dirs: list[str | Path], out_dir: str | Path) -> list[Path]:
-    """Writes the figures of ``run_dirs`` overlaid into ``out_dir``; returns the PNG paths."""
+    """Writes the figures of ``run_dirs`` overlaid into ``out_dir``; returns the PNG paths.
+    `UserError`, with nothing written, when a run cannot be read, holds nothing to draw yet,
+    or ``out_dir`` cannot be created."""
     if not run_dirs:
-        raise ValueError("give at least one run directory")
+        raise UserError("give at least one run directory")
     run_dirs = [Path(d) for d in run_dirs]
     runs = [load_run(d) for d in run_dirs]
     runs = [Run(label, run.columns) for label, run in zip(_labels(run_dirs), runs)]
+    figures = build_figures(runs)
+    if not figures:
+        raise UserError(f"nothing to plot: no metric rows yet in the metrics.csv of "
+                        f"{', '.join(str(d) for d in run_dirs)}")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for filename, fig in build_figures(runs).items():
-        fig.savefig(out_dir / filename, dpi=100)
-        written.append(out_dir / filename)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for filename, fig in figures.items():
+            fig.savefig(out_dir / filename, dpi=100)
+            written.append(out_dir / filename)
+    except OSError as exc:  # EACCES, EROFS, ENOSPC, a file where the directory should be
+        raise UserError(f"--out: cannot write the plots to {out_dir} "
+                        f"({type(exc).__name__}: {exc.strerror or exc})") from None
     return written

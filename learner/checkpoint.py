@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,16 +88,31 @@ class Restored:
     corrupt: list[tuple[Path, str]] = field(default_factory=list)
 
 
-def load_latest(run_dir: str | Path, map_location="cpu") -> Restored:
-    """The newest checkpoint that loads; corrupt ones are listed with their error and renamed
-    to `*.corrupt`, kept for inspection but out of the rotation (they would otherwise stay the
-    "newest" and push good checkpoints out of the last `keep`)."""
+def try_load(path: str | Path, map_location="cpu") -> tuple[dict | None, str | None]:
+    """(state, None), or (None, the first line of why it does not load)."""
+    if Path(path).is_file() and not zipfile.is_zipfile(path):
+        # torch would try its pre-1.6 pickle format and fail with a long message about
+        # weights_only; every checkpoint written here is a zip archive.
+        return None, "not a torch checkpoint (no zip archive: truncated, or another kind of file)"
+    try:
+        return load_checkpoint(path, map_location), None
+    except Exception as exc:  # truncated file, bad zip, refused pickle, not a torch file at all
+        return None, f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+
+
+def load_latest(run_dir: str | Path, map_location="cpu", set_aside: bool = True) -> Restored:
+    """The newest checkpoint that loads; corrupt ones are listed with their error and, with
+    `set_aside` (a run that goes on writing checkpoints), renamed to `*.corrupt`: kept for
+    inspection but out of the rotation (they would otherwise stay the "newest" and push good
+    checkpoints out of the last `keep`). Readers (eval) leave the files as they are."""
     corrupt = []
     for path in reversed(list_checkpoints(run_dir)):
-        try:
-            return Restored(load_checkpoint(path, map_location), path, corrupt)
-        except Exception as exc:  # truncated file, bad zip, refused pickle: try the older one
+        state, error = try_load(path, map_location)
+        if error is None:
+            return Restored(state, path, corrupt)
+        if set_aside:
             quarantined = path.with_name(path.name + ".corrupt")
             os.replace(path, quarantined)
-            corrupt.append((quarantined, f"{type(exc).__name__}: {exc}".splitlines()[0][:200]))
+            path = quarantined
+        corrupt.append((path, error))
     return Restored(None, None, corrupt)

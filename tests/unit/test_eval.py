@@ -36,7 +36,7 @@ def test_eval_reports_the_mean_return_of_a_checkpoint(tmp_path):
 def test_eval_of_a_missing_checkpoint_is_a_clear_error(tmp_path):
     out = subprocess.run([sys.executable, "-m", "accord.cli", "eval", str(tmp_path / "nope.pt")],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 1
+    assert out.returncode == 2
     assert "no such checkpoint" in out.stderr
 
 

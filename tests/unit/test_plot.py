@@ -144,5 +144,5 @@ def test_cli_plot_and_its_errors(tmp_path):
 
     (tmp_path / "empty").mkdir()
     result = runner.invoke(app, ["plot", str(run), str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "empty has no metrics.csv" in result.output
