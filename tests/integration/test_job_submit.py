@@ -1,5 +1,6 @@
-"""A Ray head started with `ray start --head` on 127.0.0.1 with token auth; `accord train
-configs/smoke.yaml` submitted through Ray's job submission API with the repo as working dir."""
+"""A Ray head started with `ray start --head` on 127.0.0.1 with token auth and no GPU resource
+(whatever this machine has); `accord train configs/smoke.yaml` submitted through Ray's job
+submission API with the repo as working dir, and joined directly with `--address`."""
 import os
 import secrets
 import shutil
@@ -39,11 +40,12 @@ def ray_head(tmp_path_factory):
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--num-cpus=4",
+         "--num-gpus=0",
          f"--temp-dir={temp_dir}", "--disable-usage-stats", "--block"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = f"http://127.0.0.1:{dashboard_port}"
     try:
-        yield address, token
+        yield address, token, f"127.0.0.1:{port}"
     finally:
         head.terminate()
         try:
@@ -89,7 +91,7 @@ def _wait_done(client, job_id: str, timeout: float = 300):
 def test_smoke_job_submitted_through_ray_jobs_api_succeeds(ray_head, tmp_path):
     from ray.job_submission import JobStatus
 
-    address, token = ray_head
+    address, token, _ = ray_head
     client = _client(address, token)
     runs = tmp_path / "runs"
     job_id = _submit(client, runs)
@@ -106,7 +108,7 @@ def test_smoke_job_submitted_through_ray_jobs_api_succeeds(ray_head, tmp_path):
 def test_ray_job_stop_checkpoints_before_the_job_ends(ray_head, tmp_path):
     from ray.job_submission import JobStatus
 
-    address, token = ray_head
+    address, token, _ = ray_head
     client = _client(address, token)
     runs = tmp_path / "runs"
     job_id = _submit(client, runs, "run.total_frames=100000000", "run.log_every=1",
@@ -135,7 +137,7 @@ def test_sighup_to_a_submitted_driver_checkpoints_and_the_job_succeeds(ray_head,
 
     from ray.job_submission import JobStatus
 
-    address, token = ray_head
+    address, token, _ = ray_head
     client = _client(address, token)
     runs = tmp_path / "runs"
     job_id = _submit(client, runs, "run.total_frames=100000000", "run.log_every=1",
@@ -155,3 +157,24 @@ def test_sighup_to_a_submitted_driver_checkpoints_and_the_job_succeeds(ray_head,
     assert list((run_dir / "checkpoints").glob("ckpt_*.pt"))
     status = json.loads((run_dir / "status.json").read_text())
     assert (status["state"], status["exit_code"]) == ("interrupted", 0)
+
+
+def test_cuda_learner_on_a_cluster_without_gpu_is_one_line_before_any_actor(ray_head, tmp_path):
+    """The check reads the joined cluster's resources, not this machine's: the head offers no
+    GPU even where this machine has one."""
+    from ray.job_submission import JobStatus
+
+    address, token, _ = ray_head
+    client = _client(address, token)
+    runs = tmp_path / "runs"
+    job_id = _submit(client, runs, "learner.device=cuda")
+    assert _wait_done(client, job_id, timeout=180) == JobStatus.FAILED
+    assert "exit code 2" in client.get_job_info(job_id).message
+    logs = client.get_job_logs(job_id)
+    assert "Traceback" not in logs, logs[-3000:]
+    # Ray logs its own lines while connecting; accord's is the last and the only error.
+    lines = [ln for ln in logs.splitlines() if ln.strip()]
+    assert lines[-1].startswith("config error: learner.device: 'cuda' but the Ray cluster has no "
+                                "GPU resource"), logs[-3000:]
+    assert sum("error" in ln.lower() for ln in lines) == 1, logs[-3000:]
+    assert list(runs.iterdir()) == []  # the run directory was removed, nothing was written

@@ -40,6 +40,22 @@ def test_eval_of_a_missing_checkpoint_is_a_clear_error(tmp_path):
     assert "no such checkpoint" in out.stderr
 
 
+def test_eval_of_a_run_skips_a_corrupt_newest_checkpoint_and_leaves_it_on_disk(tmp_path):
+    cfg = load_config(REPO / "configs" / "cartpole.yaml")
+    (tmp_path / "config.yaml").write_text(to_yaml(cfg))
+    good = save_checkpoint(tmp_path, Learner(cfg, SPEC).state_dict(), step=1)
+    bad = good.with_name("ckpt_000000002.pt")
+    bad.write_bytes(b"cut short")
+    out = subprocess.run([sys.executable, "-m", "accord.cli", "eval", str(tmp_path), "--episodes", "2"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("skipped corrupt checkpoint ckpt_000000002.pt: "), out.stderr
+    assert re.search(r"^CartPole-v1: mean return [\d.]+ ± [\d.]+ over 2 episodes", out.stdout, re.M), out.stdout
+    # A reader: the bad file stays where it was (a run may still be writing beside it).
+    assert bad.read_bytes() == b"cut short" and good.is_file()
+
+
 def balancing_weights(learner: Learner, signs) -> None:
     """Hand-set weights that balance CartPole: push right iff theta + 0.5 theta_dot > 0; head k
     with sign -1 takes the opposite action, which balances the swapped CartPole. The tanh MLP
