@@ -128,9 +128,9 @@ def _run(case: Case, tmp: Path) -> Outcome:
     argv = [a.replace("{tmp}", str(tmp)) for a in case.argv]
     try:
         proc = subprocess.run([sys.executable, "-m", "accord.cli", *argv], cwd=REPO,
-                              capture_output=True, text=True, timeout=120)
+                              capture_output=True, text=True, timeout=300)
     except subprocess.TimeoutExpired as exc:  # this case fails, the others still report
-        return Outcome(-1, f"timed out after 120 s; stderr so far: {exc.stderr!r}")
+        return Outcome(-1, f"timed out after 300 s; stderr so far: {exc.stderr!r}")
     return Outcome(proc.returncode, proc.stderr)
 
 
