@@ -28,7 +28,7 @@ except ImportError:
 from accord.config import ConfigError, load_config
 from accord.errors import UserError
 
-EXIT_CONFIG = 2  # every kind of bad input, as for a bad config
+EXIT_BAD_INPUT = 2  # every kind of bad input, as for a bad config
 
 
 @contextmanager
@@ -45,13 +45,13 @@ def _one_line_errors():
         if exc.ctx is not None and isinstance(exc.ctx.command, TyperGroup) and "command" in message:
             message += f" Commands: {', '.join(exc.ctx.command.list_commands(exc.ctx))}."
         typer.echo(f"error: {where}: {message} (see {where} --help)", err=True)
-        raise typer.Exit(EXIT_CONFIG) from None
+        raise typer.Exit(EXIT_BAD_INPUT) from None
     except ConfigError as exc:
         typer.echo(f"config error: {exc}", err=True)
-        raise typer.Exit(EXIT_CONFIG) from None
+        raise typer.Exit(EXIT_BAD_INPUT) from None
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(EXIT_CONFIG) from None
+        raise typer.Exit(EXIT_BAD_INPUT) from None
 
 
 class _AccordGroup(TyperGroup):
@@ -117,7 +117,9 @@ def train(
     from learner.checkpoint import list_checkpoints
 
     if resume is not None and not list_checkpoints(resume):
-        raise UserError(f"--resume: {resume} has no checkpoints to continue from")
+        set_aside = len(list((resume / "checkpoints").glob("ckpt_*.pt.corrupt")))
+        raise UserError(f"--resume: {resume} has no checkpoints to continue from"
+                        + (f" (corrupt ones set aside as *.corrupt: {set_aside})" if set_aside else ""))
 
     from accord.run_dir import new_run_dir
 

@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
