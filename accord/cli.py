@@ -114,9 +114,8 @@ def train(
         config = config or resume / "config.yaml"
     cfg = load_config(config, set_)
 
-    from learner.checkpoint import list_checkpoints
-
-    if resume is not None and not list_checkpoints(resume):
+    # A glob, not learner.checkpoint (torch): the driver's restore reports what does not load.
+    if resume is not None and not any((resume / "checkpoints").glob("ckpt_*.pt")):
         set_aside = len(list((resume / "checkpoints").glob("ckpt_*.pt.corrupt")))
         raise UserError(f"--resume: {resume} has no checkpoints to continue from"
                         + (f" (corrupt ones set aside as *.corrupt: {set_aside})" if set_aside else ""))

@@ -30,6 +30,7 @@ from actors.evaluator import EvaluatorActor
 from actors.remote import RolloutActor
 from actors.rollout import env_options
 from envs import EnvSpec, describe
+from learner.algorithm import policy_weights
 from learner.broadcast import WeightStore
 from learner.checkpoint import Restored, load_latest
 from learner.remote import LearnerActor
@@ -130,7 +131,7 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, address: str | None = None,
     restored = None
     if resume:
         console.log(f"previous run: {describe_status(read_status(run_dir))}")
-        restored = _restore(run_dir, console)  # before Ray: nothing to resume, nothing started
+        restored = _restore(cfg, run_dir, console)  # before Ray: nothing to resume, nothing started
     watchdog = start_watchdog(run_dir)
     stop = StopRequest(hangup_log=run_dir / "console.log")
     previous: dict = {}
@@ -170,7 +171,7 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, address: str | None = None,
             pass  # still ending stragglers; it exits on its own once they are gone
 
 
-def _restore(run_dir: Path, console: Console) -> Restored:
+def _restore(cfg: ExperimentConfig, run_dir: Path, console: Console) -> Restored:
     """The newest checkpoint of `run_dir` that loads (corrupt ones are set aside as `*.corrupt`,
     kept, and logged); `UserError` when none does."""
     restored = load_latest(run_dir)
@@ -183,6 +184,11 @@ def _restore(run_dir: Path, console: Console) -> Restored:
         raise UserError(f"--resume: none of the {len(restored.corrupt)} checkpoints under "
                         f"{run_dir}/checkpoints loads ({newest.name}: {error}); all are kept, "
                         f"renamed *.corrupt")
+    try:
+        policy_weights(cfg, restored.state)
+    except (KeyError, TypeError):  # loads, but holds something else (no learner state)
+        raise UserError(f"--resume: {restored.path} is not a checkpoint of an accord "
+                        f"{cfg.learner.algorithm} learner") from None
     console.log(f"resuming from {restored.path.name}")
     return restored
 

@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from accord.config import load_config
 from accord.errors import UserError
-from actors.evaluation import TaskResult, build_eval_policy, evaluate_policy
-from actors.rollout import env_options
-from envs import describe
-from learner.algorithm import policy_weights
-from learner.checkpoint import load_latest, try_load
+
+if TYPE_CHECKING:
+    from actors.evaluation import TaskResult
+
+# torch and the policy modules are imported once the paths are known to be usable: a wrong
+# path costs one line and no seconds of imports.
 
 
 def evaluate_checkpoint(path: Path, episodes: int, greedy: bool = False,
@@ -20,6 +21,10 @@ def evaluate_checkpoint(path: Path, episodes: int, greedy: bool = False,
         raise UserError(f"--episodes: must be at least 1, got {episodes}")
     ckpt, run_dir, state = open_checkpoint(path, on_skip)
     cfg = load_config(run_dir / "config.yaml")
+    from actors.evaluation import build_eval_policy, evaluate_policy
+    from actors.rollout import env_options
+    from envs import describe
+
     spec = describe(cfg.env.kind, cfg.env.tasks[0], **env_options(cfg))
     act = build_eval_policy(cfg, spec, _policy_weights(cfg, state, ckpt), greedy)
     return evaluate_policy(cfg, act, episodes, cfg.run.seed + 10_000, max_steps)
@@ -36,6 +41,10 @@ def open_checkpoint(path: str | Path, on_skip: Callable[[str], None] = lambda me
     if path.is_dir():
         if not (path / "config.yaml").is_file():
             raise UserError(f"{path} is not a run directory (no config.yaml)")
+        if not any((path / "checkpoints").glob("ckpt_*.pt")):
+            raise UserError(f"{path} holds no checkpoints")
+        from learner.checkpoint import load_latest
+
         restored = load_latest(path, set_aside=False)
         if restored.path is None:
             if not restored.corrupt:
@@ -48,6 +57,8 @@ def open_checkpoint(path: str | Path, on_skip: Callable[[str], None] = lambda me
         return restored.path, path, restored.state
     if not path.exists():
         raise UserError(f"no such checkpoint or run directory {path}")
+    from learner.checkpoint import try_load
+
     state, error = try_load(path)
     if error is not None:
         raise UserError(f"{path} does not load as a checkpoint: {error}")
@@ -59,6 +70,8 @@ def open_checkpoint(path: str | Path, on_skip: Callable[[str], None] = lambda me
 
 
 def _policy_weights(cfg, state, ckpt: Path) -> dict:
+    from learner.algorithm import policy_weights
+
     try:
         return policy_weights(cfg, state) if isinstance(state, dict) else policy_weights(cfg, {})
     except KeyError as missing:

@@ -43,6 +43,12 @@ def _corrupt_run_kept(tmp: Path) -> None:
     assert not (run / "status.json").exists()  # refused before anything was recorded
 
 
+def _foreign_run_untouched(tmp: Path) -> None:
+    run = tmp / "foreign"
+    assert (run / "config.yaml").read_text() == GYM and not (run / "status.json").exists()
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["ckpt_000000003.pt"]
+
+
 def _eval_leaves_files_alone(tmp: Path) -> None:
     assert (tmp / "eval_corrupt" / "checkpoints" / "ckpt_000000001.pt").read_bytes() == GARBAGE
 
@@ -70,6 +76,9 @@ CASES = [
     Case("resume_without_checkpoints", ("train", "--resume", "{tmp}/config_only"), ("--resume", "no checkpoints")),
     Case("resume_only_corrupt_checkpoints", ("train", "--resume", "{tmp}/resume_corrupt"),
          ("--resume", "none of the 1 checkpoints", "ckpt_000000001.pt", "kept"), after=_corrupt_run_kept),
+    Case("resume_torch_file_of_something_else", ("train", "--resume", "{tmp}/foreign"),
+         ("--resume", "ckpt_000000003.pt", "not a checkpoint of an accord impala learner"),
+         after=_foreign_run_untouched),
     # accord eval
     Case("eval_missing_path", ("eval", "{tmp}/nowhere.pt"), ("no such checkpoint", "nowhere.pt")),
     Case("eval_file_not_a_checkpoint", ("eval", "{tmp}/notes.txt"), ("notes.txt", "does not load as a checkpoint")),
