@@ -6,7 +6,7 @@ import csv
 import numpy as np
 import pytest
 
-from accord.metrics import EpisodeTracker, MetricsSink, _ray_name
+from accord.metrics import EpisodeTracker, MetricsSink
 
 
 def read_csv(path) -> tuple[list[str], list[dict]]:
@@ -86,11 +86,6 @@ def test_values_must_be_numbers(tmp_path):
     sink = MetricsSink(tmp_path, use_ray=False, tensorboard=False)
     with pytest.raises((TypeError, ValueError)):
         sink.write(1, {"a": "fast"})
-
-
-def test_ray_metric_names_are_prometheus_safe():
-    assert _ray_name("loss/main/pg") == "accord_loss_main_pg"
-    assert _ray_name("return/ms-pacman v5") == "accord_return_ms_pacman_v5"
 
 
 # --- EpisodeTracker -----------------------------------------------------------------------------
