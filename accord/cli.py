@@ -4,6 +4,7 @@
     accord eval CHECKPOINT [--episodes N]
     accord plot RUN_DIR [RUN_DIR ...] [--out DIR]
     accord bench throughput|combiners|sac|mt10 [...]
+    accord monitor [--port 9090]
 
 A bad config prints one line naming the field and exits 2 before Ray or any actor starts.
 """
@@ -16,11 +17,13 @@ from typing import Optional
 import typer
 
 from accord.config import ConfigError, load_config
+from accord.monitor import monitor
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Multi-task and auxiliary-task RL with gradient combiners, on Ray.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print ratios measured side by side.")
 app.add_typer(bench_app, name="bench")
+app.command("monitor")(monitor)
 
 EXIT_CONFIG = 2
 

@@ -66,7 +66,10 @@ TABLE: list[tuple[str, str, dict[str, str], str]] = [
     (rf"loss/(?:(?P<task>{_SEG})/)?stats/(?P<stat>{_SEG})", "accord_loss_diagnostic", {},
      "Diagnostics computed with the loss (importance weights, clipping, values)"),
     (rf"loss/(?:(?P<task>{_SEG})/)?(?P<role>main|aux)/(?P<term>{_SEG})", "accord_loss", {}, "Loss term value"),
+    (rf"loss/(?P<term>critic|actor|alpha)/(?P<task>{_SEG})", "accord_loss", {"role": "sac"}, "Loss term value"),
     (rf"loss/(?P<term>{_SEG})", "accord_loss", {"task": "", "role": ""}, "Loss term value"),
+    (rf"sac/alpha/(?P<task>{_SEG})", "accord_sac_alpha", {}, "SAC entropy temperature per task"),
+    (rf"sac/entropy/(?P<task>{_SEG})", "accord_sac_entropy", {}, "SAC policy entropy per task"),
     # combiner statistics; SAC prefixes them with the network (`combiner/critic/...`)
     (rf"combiner/(?:(?P<net>critic|actor)/)?cos_now/aux/(?P<term>{_SEG})/(?P<layer>{_SEG})",
      "accord_combiner_cosine", {}, "Cosine of main and aux gradient this update, per layer ('all': layer mean)"),

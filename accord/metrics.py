@@ -106,6 +106,14 @@ class MetricsSink:
                 return value
         return 0.0
 
+    def last_value(self, key: str) -> float | None:
+        """The newest value of `key` already in metrics.csv (a resumed run's history), if any."""
+        for old in reversed(self._rows):
+            cell = old.get(key)
+            if cell not in (None, ""):
+                return float(cell)
+        return None
+
     def wall_time(self) -> float:
         """Seconds since the run started, counting earlier sessions of a resumed run."""
         return self._wall_offset + (self._clock() - self._started)

@@ -81,6 +81,14 @@ class RolloutActor:
         self._thread = threading.Thread(target=self._loop, daemon=True, name="rollout")
         self._thread.start()
 
+    def __repr__(self) -> str:
+        # Ray shows this on the dashboard's Actors page and before the actor's log lines; it
+        # reads it once the actor has started, so the version is the one of that moment.
+        tasks = self.worker.cfg.env.tasks
+        names = sorted({tasks[int(t)] for t in self.worker.env.task_ids})
+        return (f"RolloutActor(rollout {self.worker.actor_index}, tasks {', '.join(names)}, "
+                f"weights v{self.worker.version})")
+
     def _sync_weights(self, timeout: float | None) -> bool:
         reply = ray.get(self.weight_store.latest.remote(self.worker.version), timeout=timeout)
         if reply is None:

@@ -19,6 +19,8 @@ CASES = [
     ("loss/world-3/main/baseline", "accord_loss", {"task": "world-3", "role": "main", "term": "baseline"}),
     ("loss/total", "accord_loss", {"task": "", "role": "total", "term": "total"}),
     ("loss/critic", "accord_loss", {"task": "", "role": "", "term": "critic"}),
+    ("loss/critic/reach-v3", "accord_loss", {"task": "reach-v3", "role": "sac", "term": "critic"}),
+    ("sac/alpha/reach-v3", "accord_sac_alpha", {"task": "reach-v3"}),
     ("loss/world-4/stats/rho_mean", "accord_loss_diagnostic", {"task": "world-4", "stat": "rho_mean"}),
     ("combiner/cos_now/aux/distill", "accord_combiner_cosine",
      {"net": "", "term": "distill", "layer": "all"}),

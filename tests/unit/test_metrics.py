@@ -117,3 +117,15 @@ def test_episode_tracker_window_and_tasks_without_episodes():
     assert "return/b" not in metrics and "episode_length/b" not in metrics
     assert metrics["success/a"] == 0.0  # successes share the window
     assert "success/b" not in metrics
+
+
+def test_last_value_reads_a_resumed_runs_history(tmp_path):
+    first = MetricsSink(tmp_path, use_ray=False, tensorboard=False)
+    first.write(1, {"learner/restarts": 0.0, "a": 1.0})
+    first.write(2, {"learner/restarts": 2.0})
+    first.write(3, {"a": 5.0})  # a later row without the key: the newest value is still 2
+    first.close()
+    resumed = MetricsSink(tmp_path, use_ray=False, tensorboard=False)
+    assert resumed.last_value("learner/restarts") == 2.0
+    assert resumed.last_value("a") == 5.0
+    assert resumed.last_value("never/written") is None
