@@ -39,9 +39,10 @@ class LearnerActor:
                                     publish_weights=self._publish_weights, fetch=ray.get)
 
     def __repr__(self) -> str:
-        # Ray shows this on the dashboard's Actors page and before the actor's log lines.
+        # Ray shows this on the dashboard's Actors page and before the actor's log lines. It
+        # reads it once, before the first weights are published, so no version is shown.
         return (f"LearnerActor(learner, {self.cfg.learner.algorithm} on {self.device}, "
-                f"tasks {', '.join(self.cfg.env.tasks)}, weights v{self.worker.published_version})")
+                f"tasks {', '.join(self.cfg.env.tasks)})")
 
     def device_name(self) -> str:
         return self.device
