@@ -37,7 +37,7 @@ BIN = Path(sys.executable).parent
 DASHBOARD_JSON = REPO / "deploy" / "monitoring" / "grafana" / "dashboards" / "accord.json"
 PROMETHEUS_YML = REPO / "deploy" / "monitoring" / "prometheus.yml"
 CHROMIUM = "/usr/bin/chromium"
-RUN_SECONDS = 25  # each run's run.max_seconds: several scrapes (every 5 s) while it lives
+RUN_SECONDS = 15  # each run's run.max_seconds: a few scrapes (every 5 s) while it lives
 
 _GRIDWORLD = {
     "env": {"kind": "gridworld", "tasks": ["world-3-main"], "envs_per_actor": 8},
