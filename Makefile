@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/laptop.yaml
 
-.PHONY: install run test test-fast bench clean mutation
+.PHONY: install system-deps run test test-fast bench clean mutation
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,22 @@ install: $(STAMP)
 run: install
 	$(BIN)/accord train $(CONFIG)
 
-test: install
+# Debian packages the monitoring tests run for real: Prometheus (and promtool) and Chromium
+# (with fonts-dejavu-core, so screenshots have text). Installed only when missing. The tests
+# start their own Prometheus on 127.0.0.1; the package's system service would listen on every
+# interface, so where systemd started it, it is stopped and disabled again.
+SYSTEM_TOOLS := /usr/bin/prometheus /usr/bin/promtool /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+system-deps:
+	@for tool in $(SYSTEM_TOOLS); do [ -x $$tool ] || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+		$(SUDO) apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends \
+			prometheus chromium fonts-dejavu-core && \
+		{ ! command -v systemctl >/dev/null || $(SUDO) systemctl disable --now prometheus 2>/dev/null || true; }; \
+	fi
+
+test: install system-deps
 	$(BIN)/pytest -q -p no:cacheprovider
 
 test-fast: install

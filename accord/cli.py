@@ -4,6 +4,7 @@
     accord eval CHECKPOINT [--episodes N]
     accord plot RUN_DIR [RUN_DIR ...] [--out DIR]
     accord bench throughput|combiners|sac|mt10 [...]
+    accord monitor [--port 9090]
 
 Bad input anywhere (a config field, a path that is not a run or a checkpoint, an unknown
 command or option, a device the machine lacks) prints one line naming it and exits 2, before
@@ -27,6 +28,7 @@ except ImportError:
 
 from accord.config import ConfigError, load_config
 from accord.errors import UserError
+from accord.monitor import monitor
 
 EXIT_BAD_INPUT = 2  # every kind of bad input, as for a bad config
 
@@ -71,6 +73,7 @@ app = typer.Typer(cls=_AccordGroup, add_completion=False, no_args_is_help=True,
                   help="Multi-task and auxiliary-task RL with gradient combiners, on Ray.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print ratios measured side by side.")
 app.add_typer(bench_app, name="bench")
+app.command("monitor")(monitor)
 
 
 def _positive(option: str, value: float) -> None:

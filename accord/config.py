@@ -189,6 +189,13 @@ class RunConfig(_Section):
     progress: bool = Field(True, description="Live progress display on the console.")
     eval_every: int = Field(0, ge=0, description="Updates between evaluations of the deterministic policy (success rate and return per task); 0: never.")
     eval_episodes: int = Field(5, ge=1, description="Episodes per task in each periodic evaluation.")
+    prometheus_host: str | None = Field(
+        "http://127.0.0.1:9090", description="Prometheus the embedded Ray's dashboard queries for "
+                                             "its Metrics tab (RAY_PROMETHEUS_HOST; `accord monitor` "
+                                             "starts one there); the environment variable wins.")
+    grafana_host: str | None = Field(
+        None, description="Grafana the embedded Ray's dashboard embeds (RAY_GRAFANA_HOST), e.g. "
+                          "http://127.0.0.1:3000; the environment variable wins.")
 
 
 class ExperimentConfig(_Section):

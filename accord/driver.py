@@ -49,11 +49,27 @@ def local_resources() -> dict[str, float]:
     return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
 
 
-def init_ray(address: str | None, num_actors: int = 1) -> bool:
+def actor_name(run_id: str, role: str, index: int | None = None) -> str:
+    """`accord:<run>:<role>[:<index>]`, the name the Ray dashboard lists an actor under; the run
+    id (the run directory's name) keeps two runs on one cluster apart."""
+    return f"accord:{run_id}:{role}" + ("" if index is None else f":{index}")
+
+
+def monitoring_env(prometheus_host: str | None, grafana_host: str | None) -> dict[str, str]:
+    """What the Ray dashboard's Metrics tab needs to find Prometheus (and Grafana); a variable
+    the user has set already is kept."""
+    wanted = {"RAY_PROMETHEUS_HOST": prometheus_host, "RAY_GRAFANA_HOST": grafana_host}
+    return {k: v for k, v in wanted.items() if v and k not in os.environ}
+
+
+def init_ray(address: str | None, num_actors: int = 1, prometheus_host: str | None = None,
+             grafana_host: str | None = None) -> bool:
     """Join a cluster (address or RAY_ADDRESS) or start an embedded local one. True if we started it.
 
     The embedded Ray gets at least one CPU slot per rollout actor plus the learner, so a laptop
-    run with more actors than cores oversubscribes instead of leaving actors unscheduled."""
+    run with more actors than cores oversubscribes instead of leaving actors unscheduled. Its
+    dashboard reads RAY_PROMETHEUS_HOST / RAY_GRAFANA_HOST from the environment it starts in;
+    a cluster's dashboard has them from `ray start` (deploy/cluster.yaml)."""
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
@@ -61,6 +77,7 @@ def init_ray(address: str | None, num_actors: int = 1) -> bool:
         ray.init(address=address, log_to_driver=True)
         return False
     # Embedded: dashboard only on loopback, no cluster, no Redis, no GPU needed.
+    os.environ.update(monitoring_env(prometheus_host, grafana_host))
     ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True,
              configure_logging=False, num_cpus=max(os.cpu_count() or 1, num_actors + 1))
     return True
@@ -141,7 +158,8 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, address: str | None = None,
         # Ray's processes inherit an ignored SIGHUP (dispositions survive exec), so a closed
         # terminal stops the driver alone, which then stops them in order.
         previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        started_ray = init_ray(address, cfg.actors.num_actors)
+        started_ray = init_ray(address, cfg.actors.num_actors, cfg.run.prometheus_host,
+                               cfg.run.grafana_host)
         check_resources(cfg, ray.cluster_resources())
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
         write_status(run_dir, "running", "starting", exit_code=None, **driver_facts())
@@ -235,7 +253,7 @@ def start_service(cfg: ExperimentConfig, spec: EnvSpec, run_id: str) -> tuple[li
 
         shards = start_replay_shards(cfg, spec, run_id)
         return shards, [replay_shard_name(run_id, s) for s in range(len(shards))]
-    name = f"accord-queue-{run_id}"
+    name = actor_name(run_id, "queue")
     return [QueueActor.options(name=name).remote("fifo", cfg.queue.capacity)], [name]
 
 
@@ -249,19 +267,22 @@ def start_topology(cfg: ExperimentConfig, run_id: str, checkpoint: str | None = 
         warnings.warn(f"the cluster has {cpus:.0f} CPUs for {cfg.actors.num_actors} rollout actors "
                       f"and the learner (one each): some actors wait until nodes join")
     service, service_names = start_service(cfg, spec, run_id)
-    weights_name = f"accord-weights-{run_id}"
+    weights_name = actor_name(run_id, "weights")
     weight_store = WeightStore.options(name=weights_name).remote()
-    learner = LearnerActor.options(num_gpus=1 if has_gpu else 0, num_cpus=1).remote(
+    learner = LearnerActor.options(name=actor_name(run_id, "learner"),
+                                   num_gpus=1 if has_gpu else 0, num_cpus=1).remote(
         cfg, spec, service, weight_store)
     if checkpoint is not None:
         ray.get(learner.load.remote(checkpoint))
     # Actors wait for these weights, so no experience from unpublished weights is produced.
     ray.get(learner.publish.remote())
     actors = [
-        RolloutActor.options(max_restarts=cfg.actors.max_restarts, max_task_retries=0).remote(
+        RolloutActor.options(name=actor_name(run_id, "rollout", i),
+                             max_restarts=cfg.actors.max_restarts, max_task_retries=0).remote(
             cfg, i, spec, service_names, weights_name)
         for i in range(cfg.actors.num_actors)]
-    evaluator = (EvaluatorActor.remote(cfg, spec, weights_name) if cfg.run.eval_every else None)
+    evaluator = (EvaluatorActor.options(name=actor_name(run_id, "evaluator")).remote(
+        cfg, spec, weights_name) if cfg.run.eval_every else None)
     return Topology(service, weight_store, learner, actors, spec, evaluator)
 
 
@@ -271,14 +292,18 @@ def _train(cfg: ExperimentConfig, run_dir: Path, restored: Restored | None, cons
     if restored is not None:
         checkpoint, corrupt = str(restored.path), len(restored.corrupt)
     topo = start_topology(cfg, run_dir.name, checkpoint)
-    sink = MetricsSink(run_dir)
+    sink = MetricsSink(run_dir, task=cfg.env.tasks[0] if len(cfg.env.tasks) == 1 else "")
     episodes = EpisodeTracker(cfg.env.tasks)
     device = ray.get(topo.learner.device_name.remote())
     console.log(f"run directory {run_dir}; learner on {device}; {cfg.actors.num_actors} actors "
                 f"x {cfg.env.envs_per_actor} envs on {', '.join(cfg.env.tasks)}")
     roles = RayRoles(topo.learner, topo.service, topo.actors, topo.evaluator)
+    # The learner is not restarted by Ray (its death ends the run); it restarts from a
+    # checkpoint when the run is resumed, and that is what this counts.
+    learner_restarts = (sink.last_value("learner/restarts") or 0.0) + 1 if resume else 0.0
     loop = TrainingLoop(cfg, run_dir, roles, sink, episodes, console, stop,
-                        static_metrics={"checkpoints/corrupt_skipped": corrupt})
+                        static_metrics={"checkpoints/corrupt_skipped": corrupt,
+                                        "learner/restarts": learner_restarts})
     try:
         return loop.run()
     finally:

@@ -1,8 +1,9 @@
 """The one place metrics go: the run directory (CSV and TensorBoard) and Ray's metrics
 (`ray.util.metrics`, shown in the Ray dashboard's Metrics view and exported to Prometheus).
 
-Keys are slash-separated (`loss/main/pg`, `return/breakout`); Ray metric names replace the
-separators, since Prometheus allows only [a-zA-Z0-9_:].
+Keys are slash-separated (`loss/main/pg`, `return/breakout`); in Ray's metrics each quantity is
+one metric with labels (`accord_loss{role="main",term="pg"}`, `accord_return{task="breakout"}`),
+see accord/metric_names.py.
 
 Every CSV row carries `wall_time`: seconds since the run started, continued across `--resume`
 from the last row already in the file, so curves of several sessions join up on one axis
@@ -13,13 +14,14 @@ from __future__ import annotations
 
 import csv
 import math
-import re
 import time
 from collections import defaultdict, deque
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from accord.metric_names import RayMetric, describe, ray_metric
 
 WALL_TIME = "wall_time"
 
@@ -64,15 +66,12 @@ class EpisodeTracker:
         return out
 
 
-def _ray_name(key: str) -> str:
-    return "accord_" + re.sub(r"[^a-zA-Z0-9_:]", "_", key)
-
-
 class MetricsSink:
     """Writes rows of scalar metrics to metrics.csv, TensorBoard and Ray gauges."""
 
     def __init__(self, run_dir: str | Path, use_ray: bool = True, tensorboard: bool = True,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, task: str = ""):
+        """`task`: a single-task run's task, the task label of keys that name none."""
         self.run_dir = Path(run_dir)
         self.csv_path = self.run_dir / "metrics.csv"
         self._columns: list[str] = []
@@ -91,7 +90,9 @@ class MetricsSink:
 
             self._tb = SummaryWriter(str(self.run_dir / "tb"))
         self._use_ray = use_ray
-        self._gauges: dict = {}
+        self._task = task
+        self._gauges: dict = {}  # metric name -> Ray Gauge
+        self._metric_of: dict[str, RayMetric] = {}  # key -> its metric name and labels
 
     def _last_wall_time(self) -> float:
         """The wall time the previous session ended at (0 for a new run, or for a CSV written
@@ -104,6 +105,14 @@ class MetricsSink:
                     raise ValueError(f"{self.csv_path}: bad {WALL_TIME} {cell!r} in the last row")
                 return value
         return 0.0
+
+    def last_value(self, key: str) -> float | None:
+        """The newest value of `key` already in metrics.csv (a resumed run's history), if any."""
+        for old in reversed(self._rows):
+            cell = old.get(key)
+            if cell not in (None, ""):
+                return float(cell)
+        return None
 
     def wall_time(self) -> float:
         """Seconds since the run started, counting earlier sessions of a resumed run."""
@@ -144,10 +153,14 @@ class MetricsSink:
         for key, value in row.items():
             if key in ("step", WALL_TIME):
                 continue
-            gauge = self._gauges.get(key)
+            metric = self._metric_of.get(key)
+            if metric is None:
+                metric = self._metric_of[key] = ray_metric(key, self._task)
+            gauge = self._gauges.get(metric.name)
             if gauge is None:
-                gauge = self._gauges[key] = Gauge(_ray_name(key), description=f"accord {key}")
-            gauge.set(value)
+                gauge = self._gauges[metric.name] = Gauge(
+                    metric.name, description=describe(metric.name), tag_keys=metric.label_names)
+            gauge.set(value, tags=metric.tags)
 
     def close(self) -> None:
         if self._tb is not None:

@@ -19,6 +19,9 @@ class EvaluatorActor:
         self.weight_store = ray.get_actor(weight_store_name)
         self.rounds = 0
 
+    def __repr__(self) -> str:
+        return f"EvaluatorActor(evaluator, tasks {', '.join(self.cfg.env.tasks)}, rounds {self.rounds})"
+
     def evaluate(self) -> dict[str, float]:
         reply = ray.get(self.weight_store.latest.remote(-1))
         if reply is None:

@@ -76,10 +76,25 @@ class RolloutActor:
             restarted = ray.get_runtime_context().was_current_actor_reconstructed
         reseed = int.from_bytes(os.urandom(4), "little") if restarted else 0
         self.worker = (TransitionWorker if sac else RolloutWorker)(cfg, actor_index, spec, reseed)
+        # The driver publishes before it creates the actors, and a restarted actor finds the
+        # newest weights in the store: so the weights are there, and the repr (which Ray reads
+        # once the actor has started) names the version this incarnation starts acting with.
+        try:
+            self._sync_weights(timeout=30)
+        except ray.exceptions.GetTimeoutError:
+            pass  # the loop below waits for them
         self.unrolls = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="rollout")
         self._thread.start()
+
+    def __repr__(self) -> str:
+        # Ray shows this on the dashboard's Actors page and before the actor's log lines; it
+        # reads it once, when the actor has started: the version is the one it started with.
+        tasks = self.worker.cfg.env.tasks
+        names = sorted({tasks[int(t)] for t in self.worker.env.task_ids})
+        return (f"RolloutActor(rollout {self.worker.actor_index}, tasks {', '.join(names)}, "
+                f"weights v{self.worker.version})")
 
     def _sync_weights(self, timeout: float | None) -> bool:
         reply = ray.get(self.weight_store.latest.remote(self.worker.version), timeout=timeout)
@@ -92,7 +107,8 @@ class RolloutActor:
     def _loop(self) -> None:
         try:
             # Resync on (re)start: no experience from random weights reaches the learner.
-            while not self._stop.is_set() and not self._sync_weights(timeout=None):
+            while (not self._stop.is_set() and self.worker.version < 0
+                   and not self._sync_weights(timeout=None)):
                 time.sleep(0.05)
             pending_insert, pending_version = [], None
             while not self._stop.is_set():

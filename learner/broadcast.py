@@ -15,6 +15,11 @@ class WeightStore:
         self.version = -1
         self._ref = None
 
+    def __repr__(self) -> str:
+        # Ray reads the repr once the actor has started (Actors page, log prefix), before the
+        # learner publishes, so it names the role only.
+        return "WeightStore(weights of the learner, for the rollout actors and the evaluator)"
+
     def publish(self, version: int, wrapped_ref: list) -> None:
         # Keep only the newest reference: older weights leave the object store.
         self.version, self._ref = version, wrapped_ref[0]

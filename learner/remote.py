@@ -38,6 +38,12 @@ class LearnerActor:
         self.worker = LearnerWorker(self.learner, self.source, cfg.learner.publish_every,
                                     publish_weights=self._publish_weights, fetch=ray.get)
 
+    def __repr__(self) -> str:
+        # Ray shows this on the dashboard's Actors page and before the actor's log lines. It
+        # reads it once, before the first weights are published, so no version is shown.
+        return (f"LearnerActor(learner, {self.cfg.learner.algorithm} on {self.device}, "
+                f"tasks {', '.join(self.cfg.env.tasks)})")
+
     def device_name(self) -> str:
         return self.device
 

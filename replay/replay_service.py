@@ -122,7 +122,7 @@ class ReplayActor:
         self.service = ReplayService(table, limiter, learning_starts, seed=[seed, shard])
 
     def __repr__(self) -> str:
-        return f"ReplayActor(shard={self.shard}, tasks={self.task_ids})"
+        return f"ReplayActor(replay shard {self.shard}, task ids {self.task_ids})"
 
     async def insert(self, chunk: dict) -> dict:
         return await self.service.insert(chunk)

@@ -72,6 +72,11 @@ class QueueService:
 class QueueActor:
     def __init__(self, table_kind: str, capacity: int):
         self.service = QueueService(make_table(table_kind, capacity))
+        self.table_kind, self.capacity = table_kind, capacity
+
+    def __repr__(self) -> str:
+        # Shown on the Ray dashboard's Actors page and as the prefix of this actor's log lines.
+        return f"QueueActor(queue, {self.table_kind}, capacity {self.capacity})"
 
     async def insert(self, wrapped_ref: list, task_id: int) -> int:
         return await self.service.insert(wrapped_ref, task_id)

@@ -69,7 +69,7 @@ def shard_settings(cfg, num_tasks: int, shard: int) -> dict:
 
 def replay_shard_name(run_id: str, shard: int) -> str:
     """The Ray actor name of one shard; rollout actors look shards up by it."""
-    return f"accord-replay-{run_id}-{shard}"
+    return f"accord:{run_id}:replay:{shard}"
 
 
 def checked_shard_settings(cfg) -> list[dict]:
@@ -91,7 +91,7 @@ def checked_shard_settings(cfg) -> list[dict]:
 
 
 def start_replay_shards(cfg, spec, run_id: str) -> list:
-    """Create the replay actors `accord-replay-<run_id>-<s>`, one per shard; the handles are in
+    """Create the replay actors `accord:<run_id>:replay:<s>`, one per shard; the handles are in
     shard order. Settings that could deadlock raise ValueError before any actor starts."""
     from replay.replay_service import ReplayActor  # Ray only here: config checks import this module
 

@@ -30,10 +30,12 @@ def test_metric_rows_are_exported_as_ray_gauges(tmp_path):
             time.sleep(2)
             text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
             for line in text.splitlines():
-                for name in ("ray_accord_fps{", "ray_accord_return_breakout{"):
-                    if line.startswith(name):
-                        found[name] = float(line.rsplit(" ", 1)[1])
-        assert found == {"ray_accord_fps{": 1234.5, "ray_accord_return_breakout{": 2.5}
+                # one metric per quantity, the task as a label
+                if line.startswith("ray_accord_frames_per_second{"):
+                    found["fps"] = float(line.rsplit(" ", 1)[1])
+                if line.startswith("ray_accord_return{") and 'task="breakout"' in line:
+                    found["return"] = float(line.rsplit(" ", 1)[1])
+        assert found == {"fps": 1234.5, "return": 2.5}
         sink.close()
     finally:
         ray.shutdown()

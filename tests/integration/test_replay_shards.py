@@ -24,7 +24,7 @@ def produced_rows(producer: int, chunk: int, tasks) -> np.ndarray:
 
 @ray.remote(num_cpus=0)
 def produce(run_id: str, producer: int, tasks: list[int], num_shards: int) -> int:
-    shards = [ray.get_actor(f"accord-replay-{run_id}-{s}") for s in range(num_shards)]
+    shards = [ray.get_actor(f"accord:{run_id}:replay:{s}") for s in range(num_shards)]
     shard_inserts = 0
     for c in range(CHUNKS):
         rows = produced_rows(producer, c, tasks)
@@ -40,7 +40,7 @@ def test_sharded_replay_serves_balanced_real_rows_at_the_set_ratio(local_ray):
     cfg = sac_config(tasks=NUM_TASKS, shards=2, actors=NUM_TASKS, samples_per_insert=8.0, prefetch=2)
     spec = EnvSpec(obs_shape=OBS_SHAPE, obs_dtype=np.float32, action_dim=ACTION_DIM)
     shards = start_replay_shards(cfg, spec, run_id="itest")
-    assert [ray.get_actor(f"accord-replay-itest-{s}") for s in (0, 1)]  # named, found by name
+    assert [ray.get_actor(f"accord:itest:replay:{s}") for s in (0, 1)]  # named, found by name
     producers = [produce.remote("itest", p, tasks, 2) for p, tasks in enumerate(([0, 1], [2, 3]))]
     source = ReplaySource(shards, cfg, timeout=1.0)
     batches = []

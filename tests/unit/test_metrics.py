@@ -6,7 +6,7 @@ import csv
 import numpy as np
 import pytest
 
-from accord.metrics import EpisodeTracker, MetricsSink, _ray_name
+from accord.metrics import EpisodeTracker, MetricsSink
 
 
 def read_csv(path) -> tuple[list[str], list[dict]]:
@@ -88,11 +88,6 @@ def test_values_must_be_numbers(tmp_path):
         sink.write(1, {"a": "fast"})
 
 
-def test_ray_metric_names_are_prometheus_safe():
-    assert _ray_name("loss/main/pg") == "accord_loss_main_pg"
-    assert _ray_name("return/ms-pacman v5") == "accord_return_ms_pacman_v5"
-
-
 # --- EpisodeTracker -----------------------------------------------------------------------------
 
 
@@ -122,3 +117,15 @@ def test_episode_tracker_window_and_tasks_without_episodes():
     assert "return/b" not in metrics and "episode_length/b" not in metrics
     assert metrics["success/a"] == 0.0  # successes share the window
     assert "success/b" not in metrics
+
+
+def test_last_value_reads_a_resumed_runs_history(tmp_path):
+    first = MetricsSink(tmp_path, use_ray=False, tensorboard=False)
+    first.write(1, {"learner/restarts": 0.0, "a": 1.0})
+    first.write(2, {"learner/restarts": 2.0})
+    first.write(3, {"a": 5.0})  # a later row without the key: the newest value is still 2
+    first.close()
+    resumed = MetricsSink(tmp_path, use_ray=False, tensorboard=False)
+    assert resumed.last_value("learner/restarts") == 2.0
+    assert resumed.last_value("a") == 5.0
+    assert resumed.last_value("never/written") is None

@@ -207,6 +207,6 @@ def test_start_replay_shards_starts_each_shard_with_its_own_settings(monkeypatch
     handles = start_replay_shards(cfg, spec, "run9")
     assert handles == [0, 1]
     assert [options for options, _ in RecordingActors.started] == [
-        {"name": "accord-replay-run9-0"}, {"name": "accord-replay-run9-1"}]
+        {"name": "accord:run9:replay:0"}, {"name": "accord:run9:replay:1"}]
     for shard, (_, args) in enumerate(RecordingActors.started):
         assert args == (shard, [shard, shard + 2], spec, 50, 3, 4.0, 30.0, 10, 12, 17)
