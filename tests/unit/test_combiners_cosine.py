@@ -158,3 +158,13 @@ def test_rejects_bad_arguments():
     gate.combine(torch.ones(3, 4))
     with pytest.raises(ValueError, match="aux terms"):
         gate.combine(torch.ones(2, 4))
+
+
+def test_record_fixed_names_the_terms_and_refuses_a_measuring_update():
+    g = vec(2.0, 1.0)
+    gate = CosineGate(ema=0.0, every=2)
+    gate.combine(torch.stack([g, 0.5 * g]), names=["pg", "inverse"])
+    stats = gate.record_fixed(names=["pg", "inverse"])
+    assert stats == {"gate/measured": 0.0, "cos/inverse": 1.0, "gate/inverse": 1.0}
+    with pytest.raises(RuntimeError, match="measures the cosine; call combine"):
+        gate.record_fixed()

@@ -194,3 +194,19 @@ def test_rejects_bad_inputs(setup):
         per_term_gradients([torch.ones(2, requires_grad=True)], shared_p)
     with pytest.raises(ValueError, match="unknown parameter"):
         task_split_gradients(model, task_loss, batch, ["trunk.9.weight"])
+
+
+def test_sum_weights_keep_float64_precision_and_must_match_the_terms():
+    G = torch.tensor([[1.0, 3.0], [2.0, -1.0], [0.5, 4.0]], dtype=torch.float64)
+    weights = [0.1, 1 / 3, 2.0]     # not exact in float32 (relative error about 1e-8)
+    g, _ = Sum(weights).combine(G)
+    torch.testing.assert_close(g, 0.1 * G[0] + (1 / 3) * G[1] + 2.0 * G[2], rtol=1e-13, atol=0)
+    assert torch.equal(Sum(weights).fixed_weights(3), torch.tensor(weights, dtype=torch.float64))
+    with pytest.raises(ValueError, match="3 weights for 2 loss terms"):
+        Sum(weights).combine(G[:2])
+
+
+def test_read_grads_gives_zeros_for_a_parameter_without_grad():
+    params = [torch.randn(2, requires_grad=True), torch.randn(3, requires_grad=True)]
+    params[1].grad = torch.tensor([1.0, 2.0, 3.0])
+    assert torch.equal(read_grads(params), torch.tensor([0.0, 0.0, 1.0, 2.0, 3.0]))

@@ -86,3 +86,21 @@ def test_rejects_bad_arguments():
     ol.combine(torch.ones(3, 2))
     with pytest.raises(ValueError, match="aux terms"):
         ol.combine(torch.ones(2, 2))
+
+
+def test_defaults_step_w_every_five_updates_by_a_hundredth_of_the_dots():
+    ol = OLAux(log_losses=False)
+    G = torch.stack([vec(1.0, 0.0), vec(2.0, 5.0)])            # dot = 2
+    for _ in range(4):
+        ol.combine(G)
+    assert ol.weights.tolist() == [1.0]
+    ol.combine(G)
+    assert ol.weights.tolist() == [pytest.approx(1.0 + 0.01 * 5 * 2.0)]
+
+
+def test_log_loss_scale_keeps_float64_precision():
+    main, aux = vec(1.0, 2.0), vec(4.0, -1.0)
+    ol = OLAux(horizon=1, lr=0.1)
+    g, stats = ol.combine(torch.stack([main, aux]), vec(0.5, 3.0))   # 1/3: inexact in float32
+    torch.testing.assert_close(g, main + aux / 3.0, rtol=1e-13, atol=0)
+    assert stats["dot/aux1"] == pytest.approx(2.0 / 3.0, rel=1e-13)

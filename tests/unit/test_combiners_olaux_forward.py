@@ -289,3 +289,15 @@ def test_nonfinite_batch_through_apply_forward_dots_leaves_w_unchanged():
     stats = apply_forward_dots(ol, model, main, aux_losses_fn(model, batch), SHARED, HEADS)
     assert stats["olaux/nonfinite"] == 1.0
     torch.testing.assert_close(ol.weights, vec(1.0, 1.0, 1.0))
+
+
+def test_weights_from_dots_names_its_stats_and_its_errors():
+    ol = OLAux(horizon=1, lr=1.0, log_losses=False)
+    _, stats = ol.weights_from_dots(vec(0.5, -0.25), None)    # no names: main, aux1, aux2
+    assert stats == {"w/aux1": 1.0, "w/aux2": 1.0, "dot/aux1": 0.5, "dot/aux2": -0.25}
+    _, stats = ol.weights_from_dots(vec(0.5, -0.25), None, names=["pg", "reward", "next"])
+    assert stats == {"w/reward": 1.5, "w/next": 0.75, "dot/reward": 0.5, "dot/next": -0.25}
+    with pytest.raises(ValueError, match="got <class 'list'>"):
+        ol.weights_from_dots([0.5, -0.25], None)
+    with pytest.raises(ValueError, match=r"shape \[3\] \(main, then the 2 aux terms\)"):
+        ol.weights_from_dots(vec(0.5, -0.25), vec(1.0, 1.0))

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from combiners import PCGrad, pcgrad_project
+from combiners import PCGrad, pcgrad_coefficients, pcgrad_project
 
 
 def pcgrad_brute(G: torch.Tensor, orders) -> torch.Tensor:
@@ -133,3 +133,54 @@ def test_rejects_bad_arguments():
         PCGrad().combine(torch.zeros(3))
     with pytest.raises(ValueError, match="losses"):
         PCGrad().combine(torch.zeros(3, 4), losses=torch.zeros(2))
+
+
+def test_a_single_task_passes_through_with_empty_stats():
+    pc = PCGrad(seed=0)
+    assert pc.last_orders is None                        # nothing combined yet
+    g, stats = pc.combine(torch.tensor([[3.0, -4.0]], dtype=torch.float64))
+    assert torch.equal(g, torch.tensor([3.0, -4.0], dtype=torch.float64))
+    assert stats == {"pcgrad/conflicts": 0.0, "pcgrad/pairs": 0.0, "pcgrad/projections": 0.0,
+                     "pcgrad/mean_cos": 0.0, "norm/task0": 5.0, "norm/combined": 5.0}
+    assert pc.last_orders.shape == (1, 0)
+
+
+def test_stats_of_gradients_shorter_than_one():
+    # Norms below 1 (so products of norms and squared norms are below 1 too).
+    G = 1e-2 * torch.tensor([[3.0, 4.0, 0.0], [0.0, 4.0, 3.0], [-3.0, 0.0, 4.0]],
+                            dtype=torch.float64)
+    g, stats = PCGrad(seed=1).combine(G, names=["reach", "push", "pick"])
+    unit = G / G.norm(dim=1, keepdim=True)
+    cos = (unit @ unit.T)[torch.triu_indices(3, 3, 1).unbind()]
+    assert stats["pcgrad/mean_cos"] == pytest.approx(float(cos.mean()))
+    assert stats["norm/push"] == pytest.approx(0.05)
+    assert stats["norm/combined"] == pytest.approx(float(g.norm()))
+    assert float(g.norm()) < 1
+
+
+def test_project_keeps_the_gradients_dtype():
+    torch.manual_seed(4)
+    G = torch.randn(4, 10)
+    orders = PCGrad(seed=2).sample_orders(4)
+    rows = pcgrad_project(G, orders)
+    assert rows.dtype == torch.float32
+    torch.testing.assert_close(rows, pcgrad_brute(G.double(), orders).float(),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_coefficients_accept_an_integer_gram_matrix():
+    G = torch.tensor([[2, 0, 1], [-1, 1, 0], [0, -2, 1]])
+    orders = np.array([[1, 2], [2, 0], [0, 1]])
+    A_int, n_int = pcgrad_coefficients((G @ G.T).tolist(), orders)
+    A, n = pcgrad_coefficients((G @ G.T).double().numpy(), orders)
+    assert A_int.dtype == np.float64 and n_int == n > 0
+    np.testing.assert_allclose(A_int, A)
+
+
+def test_layout_must_match_the_gradients():
+    with pytest.raises(ValueError, match="layout covers 3 columns but G has 4"):
+        PCGrad().combine(torch.zeros(2, 4), layout=[("a", 0, 3)])
+
+
+def test_repr_names_reduction_and_seed():
+    assert repr(PCGrad(reduction="mean", seed=3)) == "PCGrad(reduction='mean', seed=3)"
