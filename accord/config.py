@@ -48,6 +48,8 @@ class ActorConfig(_Section):
     num_actors: int = Field(2, ge=1, description="Rollout actors, one CPU each (the paper ran 200).")
     unroll_length: int = Field(20, ge=1, description="T: steps per unroll handed to the learner.")
     max_restarts: int = Field(3, ge=0, description="Times Ray restarts a dead rollout actor.")
+    compact_frames: bool = Field(
+        True, description="Unrolls of stacked image frames (Atari) carry each frame once; the learner restacks them.")
 
 
 class ReplayConfig(_Section):
