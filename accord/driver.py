@@ -197,8 +197,9 @@ def start_service(cfg: ExperimentConfig, spec: EnvSpec, run_id: str) -> tuple[li
 
         shards = start_replay_shards(cfg, spec, run_id)
         return shards, [replay_shard_name(run_id, s) for s in range(len(shards))]
-    name = f"accord-queue-{run_id}"
-    return [QueueActor.options(name=name).remote("fifo", cfg.queue.capacity)], [name]
+    names = [f"accord-queue-{run_id}-{s}" for s in range(cfg.queue.shards)]
+    per_shard = cfg.queue.capacity // cfg.queue.shards
+    return [QueueActor.options(name=n).remote("fifo", per_shard) for n in names], names
 
 
 def start_topology(cfg: ExperimentConfig, run_id: str, checkpoint: str | None = None) -> Topology:
