@@ -3,7 +3,7 @@
     accord train CONFIG [--set a.b=v ...] [--address ADDR] [--resume RUN_DIR]
     accord eval CHECKPOINT [--episodes N]
     accord plot RUN_DIR [RUN_DIR ...] [--out DIR]
-    accord bench throughput|combiners|sac|mt10 [...]
+    accord bench throughput|combiners|sac|mt10|service [...]
     accord monitor [--port 9090]
 
 Bad input anywhere (a config field, a path that is not a run or a checkpoint, an unknown
@@ -214,6 +214,19 @@ def bench_mt10(
     from bench.mt10 import main as mt10_main
 
     mt10_main(cfg, seconds)
+
+
+@bench_app.command("service")
+def bench_service(
+    producers: int = typer.Option(8, min=1, help="Synthetic producers (Ray actors without envs)."),
+    shards: int = typer.Option(4, min=1, help="Queue shards to compare with one."),
+    seconds: float = typer.Option(15.0, min=1.0, help="Measured seconds per shard count."),
+    unrolls_per_insert: int = typer.Option(1, min=1, help="Unrolls per insert call."),
+) -> None:
+    """Unroll inserts/s, MB/s and the learner's wait fraction for 1 and S queue shards."""
+    from bench.service import main as service_main
+
+    service_main(producers, shards, seconds, unrolls_per_insert)
 
 
 @bench_app.command("combiners")

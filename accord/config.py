@@ -49,6 +49,10 @@ class ActorConfig(_Section):
     num_actors: int = Field(2, ge=1, description="Rollout actors, one CPU each (the paper ran 200).")
     unroll_length: int = Field(20, ge=1, description="T: steps per unroll handed to the learner.")
     max_restarts: int = Field(3, ge=0, description="Times Ray restarts a dead rollout actor.")
+    unrolls_per_insert: int = Field(
+        1, ge=1, description="IMPALA: unrolls an actor sends per queue insert (fewer calls; weights refresh between inserts).")
+    compact_frames: bool = Field(
+        True, description="Unrolls of stacked image frames (Atari) carry each frame once; the learner restacks them.")
 
 
 class ReplayConfig(_Section):
@@ -72,7 +76,8 @@ class ReplayConfig(_Section):
 
 
 class QueueConfig(_Section):
-    capacity: int = Field(64, ge=1, description="Unrolls held before inserters block (back-pressure).")
+    capacity: int = Field(64, ge=1, description="Unrolls held before inserters block (back-pressure), over all shards.")
+    shards: int = Field(1, ge=1, description="Queue actors; actor i inserts into shard i mod shards, the learner draws from each in turn.")
     backend: Literal["memory"] = Field("memory", description="Where queued unrolls live.")
 
 
@@ -263,10 +268,15 @@ class ExperimentConfig(_Section):
             unrolls_per_batch = -(-self.learner.batch_size // self.env.envs_per_actor)
             # The learner waits for a whole batch of unrolls; a queue that cannot hold one batch
             # plus one in-flight insert would block actors and learner forever.
-            if self.queue.capacity < unrolls_per_batch + 1:
+            per_shard = self.queue.capacity // self.queue.shards
+            if per_shard < unrolls_per_batch + 1:
                 raise ValueError(
-                    f"queue.capacity: {self.queue.capacity} must exceed the {unrolls_per_batch} unrolls "
-                    f"per batch (learner.batch_size / env.envs_per_actor) by one, or inserts deadlock")
+                    f"queue.capacity: {self.queue.capacity} over {self.queue.shards} shard(s) holds "
+                    f"{per_shard} per shard, which must exceed the {unrolls_per_batch} unrolls per batch "
+                    f"(learner.batch_size / env.envs_per_actor) by one, or inserts deadlock")
+            if self.queue.shards > self.actors.num_actors:
+                raise ValueError(f"queue.shards: {self.queue.shards} shards for {self.actors.num_actors} "
+                                 f"actors would leave some empty, and the learner waits on each in turn")
         if self.env.kind == "atari" and self.learner.model == "mlp":
             raise ValueError("learner.model: 'mlp' cannot read Atari frames; use 'nature' or 'resnet'")
         if self.env.kind != "atari" and self.learner.model in ("nature", "resnet"):

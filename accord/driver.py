@@ -253,8 +253,9 @@ def start_service(cfg: ExperimentConfig, spec: EnvSpec, run_id: str) -> tuple[li
 
         shards = start_replay_shards(cfg, spec, run_id)
         return shards, [replay_shard_name(run_id, s) for s in range(len(shards))]
-    name = actor_name(run_id, "queue")
-    return [QueueActor.options(name=name).remote("fifo", cfg.queue.capacity)], [name]
+    shards = cfg.queue.shards
+    names = [actor_name(run_id, "queue", s if shards > 1 else None) for s in range(shards)]
+    return [QueueActor.options(name=n).remote("fifo", cfg.queue.capacity // shards) for n in names], names
 
 
 def start_topology(cfg: ExperimentConfig, run_id: str, checkpoint: str | None = None) -> Topology:

@@ -7,8 +7,9 @@ them, so unrolls still queued when it dies are lost: the learner skips and count
 Transition chunks are copied into the replay table, so nothing is lost with the actor.
 The loop starts in `__init__`, so when Ray restarts a dead actor (`max_restarts`) the new
 incarnation resyncs the newest weights and carries on with no call from the driver.
-Pipelining: the next unroll (or chunk) is stepped while the previous inserts and the
-weight-version query are in flight; a full queue, or a replay shard's rate limiter, holds the
+Weights: every insert reply carries the newest version the learner published, so an actor
+fetches weights from the weight store only when they are new, never to ask whether they are.
+Pipelining: the next unroll (or chunk) is stepped while the previous inserts are in flight; a full queue, or a replay shard's rate limiter, holds the
 insert back, which is the back-pressure. A chunk's parts go to all their shards before any
 reply is awaited, so one waiting shard never starves another.
 """
@@ -30,24 +31,24 @@ from actors.transitions import TransitionWorker
 
 
 class _QueueInserter:
-    """IMPALA: one unroll reference into the FIFO queue."""
+    """IMPALA: `actors.unrolls_per_insert` unroll references per call into one queue shard
+    (actor i inserts into shard i mod S)."""
 
-    def __init__(self, names: list[str]):
-        (name,) = names
-        self.queue = ray.get_actor(name)
+    def __init__(self, names: list[str], actor_index: int, unrolls_per_insert: int):
+        self.queue = ray.get_actor(names[actor_index % len(names)])
+        self.unrolls_per_insert = unrolls_per_insert
 
-    def produce(self, worker: RolloutWorker):
-        return ray.put(worker.unroll()), worker.task_id
+    def produce(self, worker: RolloutWorker) -> list:
+        return [ray.put(worker.unroll()) for _ in range(self.unrolls_per_insert)]
 
-    def send(self, produced) -> list:
-        ref, task_id = produced
-        return [self.queue.insert.remote([ref], task_id)]
+    def send(self, refs: list, task_id: int) -> list:
+        return [self.queue.insert.remote(refs, task_id)]
 
 
 class _ReplayInserter:
     """SAC: a chunk of transitions, split by the shard that holds each task."""
 
-    def __init__(self, names: list[str]):
+    def __init__(self, names: list[str], actor_index: int, unrolls_per_insert: int):
         self.shards = [ray.get_actor(n) for n in names]
 
     def produce(self, worker: TransitionWorker) -> dict:
@@ -55,7 +56,7 @@ class _ReplayInserter:
 
         return split_by_shard(worker.collect(), len(self.shards))
 
-    def send(self, parts: dict) -> list:
+    def send(self, parts: dict, task_id: int) -> list:
         return [self.shards[s].insert.remote(part) for s, part in parts.items()]
 
 
@@ -67,7 +68,8 @@ class RolloutActor:
         # Looked up by name rather than passed as handles: handle arguments live in the object
         # store, and a restart fails if they are gone by then.
         sac = cfg.learner.algorithm == "sac"
-        self.inserter = (_ReplayInserter if sac else _QueueInserter)(service_names)
+        self.inserter = (_ReplayInserter if sac else _QueueInserter)(
+            service_names, actor_index, cfg.actors.unrolls_per_insert)
         self.weight_store = ray.get_actor(weight_store_name)
         # A fresh id per incarnation lets the driver count restarts.
         self.incarnation = uuid.uuid4().hex
@@ -76,6 +78,7 @@ class RolloutActor:
             restarted = ray.get_runtime_context().was_current_actor_reconstructed
         reseed = int.from_bytes(os.urandom(4), "little") if restarted else 0
         self.worker = (TransitionWorker if sac else RolloutWorker)(cfg, actor_index, spec, reseed)
+        self.weight_fetches = 0
         # The driver publishes before it creates the actors, and a restarted actor finds the
         # newest weights in the store: so the weights are there, and the repr (which Ray reads
         # once the actor has started) names the version this incarnation starts acting with.
@@ -102,6 +105,7 @@ class RolloutActor:
             return False
         version, (ref,) = reply
         self.worker.set_weights(version, ray.get(ref))
+        self.weight_fetches += 1
         return True
 
     def _loop(self) -> None:
@@ -110,19 +114,17 @@ class RolloutActor:
             while (not self._stop.is_set() and self.worker.version < 0
                    and not self._sync_weights(timeout=None)):
                 time.sleep(0.05)
-            pending_insert, pending_version = [], None
+            pending_insert = []
             while not self._stop.is_set():
                 produced = self.inserter.produce(self.worker)
-                if not self._wait(pending_insert):
+                replies = self._wait(pending_insert)
+                if replies is None:
                     return
-                pending_insert = self.inserter.send(produced)
-                self.unrolls += 1
-                if pending_version is not None:
-                    reply = ray.get(pending_version)
-                    if reply is not None:
-                        version, (wref,) = reply
-                        self.worker.set_weights(version, ray.get(wref))
-                pending_version = self.weight_store.latest.remote(self.worker.version)
+                newest = max((r.get("weights_version", -1) for r in replies), default=-1)
+                if newest > self.worker.version:
+                    self._sync_weights(timeout=None)
+                pending_insert = self.inserter.send(produced, self.worker.task_id)
+                self.unrolls += len(produced) if isinstance(produced, list) else 1
         except Exception:
             # A broken loop must not leave an idle actor behind: print the traceback (it reaches
             # the driver's log), then exit so that Ray restarts this actor; the driver counts
@@ -131,19 +133,19 @@ class RolloutActor:
                   file=sys.stderr, flush=True)
             os._exit(1)
 
-    def _wait(self, refs: list) -> bool:
-        """Wait for the previous inserts (they block while the service is full or the rate
-        limiter holds them back); False if asked to stop."""
+    def _wait(self, refs: list) -> list[dict] | None:
+        """The replies of the previous inserts (they block while the service is full or the
+        rate limiter holds them back); None if asked to stop."""
         while refs and len(ray.wait(refs, num_returns=len(refs), timeout=0.5)[0]) < len(refs):
             if self._stop.is_set():
-                return False
-        ray.get(refs)
-        return True
+                return None
+        return ray.get(refs)
 
     def stats(self) -> dict:
         return {"unrolls": self.unrolls, "steps": self.worker.steps, "version": self.worker.version,
                 "task_id": self.worker.task_id, "incarnation": self.incarnation,
-                "env_errors": self.worker.env_errors, "alive": self._thread.is_alive()}
+                "env_errors": self.worker.env_errors, "weight_fetches": self.weight_fetches,
+                "alive": self._thread.is_alive()}
 
     def stop(self) -> None:
         self._stop.set()

@@ -10,6 +10,8 @@ An unroll is a dict of numpy arrays, time-major like the V-trace learner wants:
     truncated         [T, M] bool
     behaviour_logits  [T, M, A] float32      mu, for the V-trace importance ratios
     task_id           [M] int64
+    frames, stack_start, heads               instead of obs for stacked image frames (Atari) with
+                                             `actors.compact_frames`: each frame once (envs/frame_stack.py)
     version           int                    weights that produced the whole unroll
     episodes          [E, 4] float64         (task_id, raw score, length, success or NaN) of episodes that ended
     teacher_probs/<n> [T, M, A] float32      only for distill terms whose teacher the env holds
@@ -25,6 +27,7 @@ import torch
 from accord.config import recorded_teachers
 from actors.policy import policy_network
 from envs import make_multitask_vec_env, make_vec_env
+from envs.frame_stack import compact, is_frame_stack
 
 
 class RolloutWorker:
@@ -41,6 +44,7 @@ class RolloutWorker:
         self.version = -1
         self.generator = torch.Generator().manual_seed(seed)
         self.obs = self.env.reset(seed=seed)
+        self.compact_frames = cfg.actors.compact_frames and is_frame_stack(self.obs)
         self._task_ids = torch.as_tensor(self.env.task_ids, dtype=torch.int64)
         self.teachers = recorded_teachers(cfg)
         self.steps = 0
@@ -75,7 +79,7 @@ class RolloutWorker:
         obs[T] = self.obs
         self.steps += T * M
         return {
-            "obs": obs, "actions": actions, "rewards": rewards, "terminated": terminated,
+            **(compact(obs) if self.compact_frames else {"obs": obs}), "actions": actions, "rewards": rewards, "terminated": terminated,
             "truncated": truncated, "behaviour_logits": logits_buf,
             "task_id": self._task_ids.numpy().copy(), "version": self.version,
             "episodes": np.asarray(episodes, dtype=np.float64).reshape(-1, 4),

@@ -32,6 +32,7 @@ class LearnerActor:
         np.random.seed(cfg.run.seed)
         self.cfg = cfg
         self.weight_store = weight_store
+        self.service = list(service)
         self.device = resolve_device(cfg.learner.device)
         self.learner = build_algorithm(cfg, spec, self.device)
         self.source = build_source(cfg, service)
@@ -68,3 +69,6 @@ class LearnerActor:
     def _publish_weights(self, version: int, weights: dict) -> None:
         ref = ray.put(weights)  # once, however many actors read it
         ray.get(self.weight_store.publish.remote(version, [ref]))
+        # Then the service shards, whose insert replies tell the actors: by the time an actor
+        # hears of `version`, the weight store holds it.
+        ray.get([shard.set_weights_version.remote(version) for shard in self.service])

@@ -44,6 +44,11 @@ class ReplayService:
         self.blocked_samples = 0
         self.sample_timeouts = 0
         self.blocked_insert_seconds = 0.0
+        self.weights_version = -1
+
+    def set_weights_version(self, version: int) -> None:
+        """The learner published `version`: the next insert replies tell the actors."""
+        self.weights_version = max(self.weights_version, version)
 
     async def insert(self, chunk: dict) -> dict:
         """Store a chunk of transitions (and its ended episodes); waits while the rate limiter
@@ -65,7 +70,8 @@ class ReplayService:
             if not self.limiter.min_size_reached and self.table.holds_at_least(self.learning_starts):
                 self.limiter.reach_min_size()
             self._changed.notify_all()
-            return {"inserted": self.limiter.inserted, "size": len(self.table)}
+            return {"inserted": self.limiter.inserted, "size": len(self.table),
+                    "weights_version": self.weights_version}
 
     async def sample(self, batch_per_task: int, timeout: float | None = None) -> dict | None:
         """`batch_per_task` transitions of each of this shard's tasks ([K_s, n, ...] arrays and
@@ -129,6 +135,9 @@ class ReplayActor:
 
     async def sample(self, batch_per_task: int, timeout: float | None = None) -> dict | None:
         return await self.service.sample(batch_per_task, timeout)
+
+    async def set_weights_version(self, version: int) -> None:
+        self.service.set_weights_version(version)
 
     async def stats(self) -> dict[str, float]:
         return self.service.stats()

@@ -7,6 +7,11 @@ bounds and counts.
 
 Back-pressure: `insert` awaits while the table is full, so a fast actor fleet slows to the
 learner's pace instead of growing memory; every insert that had to wait is counted.
+
+Traffic: one call inserts a batch of references, and its reply carries the newest weights
+version the learner published, so an actor asks the weight store only when there is something
+new rather than once per unroll. The queue shards across several of these actors
+(`queue.shards`): each rollout actor inserts into one, the learner draws from all in turn.
 """
 from __future__ import annotations
 
@@ -30,20 +35,31 @@ class QueueService:
         self.blocked_inserts = 0
         self.blocked_seconds = 0.0
         self.inserted_per_task: dict[int, int] = {}
+        self.weights_version = -1
 
-    async def insert(self, wrapped_ref: list, task_id: int) -> int:
-        """Insert one item; waits while full. Returns the queue depth after the insert."""
+    def set_weights_version(self, version: int) -> None:
+        """The learner published `version`: the next insert replies tell the actors."""
+        self.weights_version = max(self.weights_version, version)
+
+    async def insert(self, wrapped_refs: list, task_ids: int | list[int]) -> dict[str, int]:
+        """Insert items in order (one task id for all, or one each); each waits while the queue
+        is full. Returns the depth after the last one and the newest weights version."""
+        if isinstance(task_ids, int):
+            task_ids = [task_ids] * len(wrapped_refs)
+        if len(task_ids) != len(wrapped_refs):
+            raise ValueError(f"queue insert: {len(wrapped_refs)} items but {len(task_ids)} task ids")
         async with self._changed:
-            if not self.table.can_insert():
-                self.blocked_inserts += 1
-                start = time.monotonic()
-                await self._changed.wait_for(self.table.can_insert)
-                self.blocked_seconds += time.monotonic() - start
-            self.table.insert(wrapped_ref[0], task_id)
-            self.inserted += 1
-            self.inserted_per_task[task_id] = self.inserted_per_task.get(task_id, 0) + 1
-            self._changed.notify_all()
-            return len(self.table)
+            for item, task_id in zip(wrapped_refs, task_ids):
+                if not self.table.can_insert():
+                    self.blocked_inserts += 1
+                    start = time.monotonic()
+                    await self._changed.wait_for(self.table.can_insert)
+                    self.blocked_seconds += time.monotonic() - start
+                self.table.insert(item, task_id)
+                self.inserted += 1
+                self.inserted_per_task[task_id] = self.inserted_per_task.get(task_id, 0) + 1
+                self._changed.notify_all()
+            return {"depth": len(self.table), "weights_version": self.weights_version}
 
     async def sample(self, n: int, timeout: float | None = None) -> list[Any] | None:
         """n items, waiting up to `timeout` seconds for them; None on timeout."""
@@ -78,8 +94,12 @@ class QueueActor:
         # Shown on the Ray dashboard's Actors page and as the prefix of this actor's log lines.
         return f"QueueActor(queue, {self.table_kind}, capacity {self.capacity})"
 
-    async def insert(self, wrapped_ref: list, task_id: int) -> int:
-        return await self.service.insert(wrapped_ref, task_id)
+    async def insert(self, wrapped_refs: list, task_ids: int | list[int]) -> dict[str, int]:
+        # References nested in a list reach the service unresolved.
+        return await self.service.insert(wrapped_refs, task_ids)
+
+    async def set_weights_version(self, version: int) -> None:
+        self.service.set_weights_version(version)
 
     async def sample(self, n: int, timeout: float | None = None) -> list | None:
         # References nested in a returned list reach the caller unresolved.

@@ -62,11 +62,16 @@ class ImpalaLearner:
             return tensor.pin_memory().to(self.device, non_blocking=True)
         return tensor.to(self.device)
 
+    def _observations(self, batch: dict) -> torch.Tensor:
+        if "obs_pool" in batch:  # each frame sent once: restack here, on the learner's device
+            return self._to_device(batch["obs_pool"])[self._to_device(batch["obs_index"])]
+        return self._to_device(batch["obs"])
+
     # ---------------------------------------------------------------- the step
     def update(self, batch: dict) -> dict[str, float]:
         """One learner step on a collated batch; returns metrics (empty loss terms if skipped)."""
         T, B = batch["actions"].shape
-        obs = self._to_device(batch["obs"])                       # [T+1, B, ...]
+        obs = self._observations(batch)                           # [T+1, B, ...]
         actions = self._to_device(batch["actions"])
         rewards = self._to_device(batch["rewards"])
         episode_end = self._to_device(batch["terminated"] | batch["truncated"])

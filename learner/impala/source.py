@@ -5,12 +5,18 @@ from __future__ import annotations
 import numpy as np
 import ray
 
+from envs.frame_stack import collate_compact
+
 
 def collate(unrolls: list[dict]) -> dict:
-    """Concatenate unrolls along the batch axis (axis 1 of time-major arrays)."""
-    time_major = ("obs", "actions", "rewards", "terminated", "truncated", "behaviour_logits",
+    """Concatenate unrolls along the batch axis (axis 1 of time-major arrays). Compact frames
+    become one frame pool and the index that restacks it (`obs_pool`, `obs_index`)."""
+    compact = "frames" in unrolls[0]
+    time_major = (*(() if compact else ("obs",)), "actions", "rewards", "terminated", "truncated", "behaviour_logits",
                   *(k for k in unrolls[0] if k.startswith("teacher_probs/")))
     batch = {k: np.concatenate([u[k] for u in unrolls], axis=1) for k in time_major}
+    if compact:
+        batch["obs_pool"], batch["obs_index"] = collate_compact(unrolls)
     batch["task_id"] = np.concatenate([u["task_id"] for u in unrolls])
     batch["versions"] = np.asarray([u["version"] for u in unrolls], dtype=np.int64)
     batch["episodes"] = np.concatenate([u["episodes"] for u in unrolls])

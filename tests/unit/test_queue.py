@@ -76,8 +76,8 @@ def test_make_table():
 def test_insert_into_full_queue_waits_for_a_sample_and_is_counted():
     async def main():
         service = QueueService(FifoTable(capacity=2))
-        assert await service.insert(["a"], 0) == 1
-        assert await service.insert(["b"], 0) == 2
+        assert (await service.insert(["a"], 0))["depth"] == 1
+        assert (await service.insert(["b"], 0))["depth"] == 2
         assert service.blocked_inserts == 0
 
         blocked = asyncio.create_task(service.insert(["c"], 1))
@@ -87,7 +87,7 @@ def test_insert_into_full_queue_waits_for_a_sample_and_is_counted():
         assert len(service.table) == 2 and service.inserted == 2
 
         assert await service.sample(1) == ["a"]
-        assert await blocked == 2  # depth after the waiting insert went in
+        assert (await blocked)["depth"] == 2  # depth after the waiting insert went in
         assert service.inserted == 3
         assert await service.sample(2) == ["b", "c"]
         stats = service.stats()
@@ -158,5 +158,34 @@ def test_insert_unwraps_the_reference_and_counts_per_task():
         assert service.inserted == 5
         items = await service.sample(5)
         assert all(item is payload for item in items)  # the list wrapper is gone
+
+    asyncio.run(main())
+
+
+def test_a_batch_insert_keeps_order_and_task_ids_and_waits_item_by_item():
+    async def main():
+        service = QueueService(FifoTable(capacity=2))
+        batch = asyncio.create_task(service.insert(["a", "b", "c"], [0, 1, 1]))
+        await _settle()
+        assert not batch.done() and len(service.table) == 2  # "c" waits for room
+        assert service.blocked_inserts == 1
+        assert await service.sample(1) == ["a"]
+        assert (await batch)["depth"] == 2
+        assert await service.sample(2) == ["b", "c"]
+        assert service.inserted_per_task == {0: 1, 1: 2}
+        with pytest.raises(ValueError, match="2 items but 1 task ids"):
+            await service.insert(["d", "e"], [0])
+        assert service.inserted == 3  # the bad batch stored nothing
+
+    asyncio.run(main())
+
+
+def test_insert_replies_carry_the_newest_published_weights_version():
+    async def main():
+        service = QueueService(FifoTable(capacity=8))
+        assert (await service.insert(["a"], 0))["weights_version"] == -1
+        service.set_weights_version(3)
+        service.set_weights_version(2)  # a late notice never moves the version back
+        assert (await service.insert(["b"], 0))["weights_version"] == 3
 
     asyncio.run(main())

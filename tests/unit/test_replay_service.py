@@ -73,7 +73,7 @@ def test_insert_waits_for_the_learner_and_is_released_by_a_sample():
         assert service.table.size(0) == 8  # nothing of the waiting chunk is stored yet
         assert await service.sample(4, timeout=None) is not None  # diff 0: room for 8 more
         await _settle()
-        assert blocked.result() == {"inserted": 24, "size": 24}
+        assert blocked.result() == {"inserted": 24, "size": 24, "weights_version": -1}
         # diff 8 again; two samples bring it to -8 = -tolerance, and a third waits for inserts
         assert await service.sample(4, timeout=None) is not None
         assert await service.sample(4, timeout=None) is not None
@@ -141,3 +141,15 @@ def test_stats_and_bad_input():
     assert stats["replay/blocked_inserts"] == 0 and stats["replay/blocked_samples"] == 0
     with pytest.raises(ValueError, match="replay.learning_starts: 101 exceeds"):
         make_service(learning_starts=101)
+
+
+def test_insert_replies_carry_the_newest_published_weights_version():
+    async def scenario():
+        service = make_service()
+        assert (await service.insert(chunk(0)))["weights_version"] == -1
+        service.set_weights_version(5)
+        service.set_weights_version(4)  # a late notice never moves the version back
+        reply = await service.insert(chunk(4))
+        assert reply["weights_version"] == 5 and reply["size"] == len(service.table)
+
+    asyncio.run(scenario())
