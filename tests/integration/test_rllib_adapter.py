@@ -5,6 +5,7 @@ shared encoder). One module, so RLlib is imported once.
   gradients computed independently (plain torch.autograd.grad), and with Sum it equals
   RLlib's own summed backward; each task head keeps its own module's gradient.
 - The shared encoder is stepped once per update (RLlib's stock learner steps it per module).
+- With two learners (DDP), each combines its own shard, then the results are averaged.
 - RLlib PPO with PCGrad learns multi-task CartPole in a fixed budget of iterations, and the
   PCGrad statistics reach RLlib's results.
 """
@@ -33,11 +34,11 @@ def _learner(combiner, learner_class=None):
     return config.build_learner(env=MultiTaskCartPole({"pole_lengths": POLES}))
 
 
-def _batch(learner, n=64, seed=0):
+def _batch(module_ids, n=64, seed=0):
     """A PPO train batch per module, as RLlib's learner connector would hand it over."""
     rng = np.random.default_rng(seed)
     batch = {}
-    for mid in sorted(learner.module.keys()):
+    for mid in sorted(module_ids):
         obs = torch.as_tensor(rng.normal(size=(n, 4)), dtype=torch.float32)
         actions = torch.as_tensor(rng.integers(0, 2, size=n))
         logits = torch.as_tensor(rng.normal(size=(n, 2)), dtype=torch.float32)
@@ -70,7 +71,7 @@ def _losses(learner, batch):
 @pytest.mark.integration
 def test_pcgrad_gradient_matches_independent_reference():
     learner = _learner("pcgrad")
-    batch = _batch(learner)
+    batch = _batch(learner.module.keys())
     shared, heads = _shared_and_heads(learner)
 
     # Reference: one plain autograd.grad per module loss, then combiners' PCGrad on G.
@@ -96,7 +97,7 @@ def test_pcgrad_gradient_matches_independent_reference():
 @pytest.mark.integration
 def test_sum_matches_rllib_summed_backward_and_steps_shared_once():
     learner = _learner("sum")
-    batch = _batch(learner, seed=1)
+    batch = _batch(learner.module.keys(), seed=1)
     shared, heads = _shared_and_heads(learner)
     params = shared + [p for m in sorted(heads) for p in heads[m]]
 
@@ -118,7 +119,7 @@ def test_sum_matches_rllib_summed_backward_and_steps_shared_once():
     stock = _learner("sum", learner_class=PPOTorchLearner)
     shared, _ = _shared_and_heads(stock)
     before = flatten([p.detach().clone() for p in shared])
-    grads = stock.compute_gradients(_losses(stock, _batch(stock, seed=1)))
+    grads = stock.compute_gradients(_losses(stock, _batch(stock.module.keys(), seed=1)))
     stock.apply_gradients(stock.postprocess_gradients(grads))
     step = (flatten([p.detach() for p in shared]) - before).abs().max().item()
     assert step > 2.5 * LR
@@ -140,3 +141,37 @@ def test_rllib_ppo_with_pcgrad_learns_multitask_cartpole(local_ray):
     # Summed over the three tasks, a random policy scores about 3 x 22; require it doubled.
     print("episode_return_mean per iteration:", [round(r, 1) for r in returns])
     assert np.mean(returns[-2:]) > 2.0 * returns[0], returns
+
+
+@pytest.mark.integration
+def test_two_learners_combine_per_shard_then_average(local_ray):
+    """DDP on CPU (gloo): each learner combines its own shard's task gradients (its own PCGrad
+    statistics), then the combined gradients are averaged, so both replicas take the same
+    step (equal clipped-gradient norms, identical encoders) and the encoder moves once."""
+    from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
+
+    config = multitask_ppo_config("pcgrad", POLES, seed=0, lr=LR).learners(
+        num_learners=2, num_cpus_per_learner=1)
+    group = config.build_learner_group(env=MultiTaskCartPole({"pole_lengths": POLES}))
+    try:
+        batch = _batch(["task0", "task1", "task2"], n=128)
+        batch = MultiAgentBatch({m: SampleBatch({k: v.numpy() for k, v in cols.items()})
+                                 for m, cols in batch.items()}, env_steps=128)
+        before = group.get_state(components="learner/rl_module")["learner"]["rl_module"]
+        results = group.update(batch=batch, minibatch_size=256, num_epochs=1)
+        encoders = [r.get() if hasattr(r, "get") else r for r in group.foreach_learner(
+            lambda learner: {k: v.detach().numpy().copy() for k, v in
+                             learner.module["task0"].unwrapped().encoder.state_dict().items()})]
+    finally:
+        group.shutdown()
+
+    peek = lambda stat: stat.peek() if hasattr(stat, "peek") else float(stat)  # noqa: E731
+    shard_norms = [peek(r["__all_modules__"][STATS_KEY]["norm/combined"]) for r in results]
+    assert shard_norms[0] != pytest.approx(shard_norms[1]), "each shard combines its own terms"
+    for m in ("task0", "task1", "task2"):
+        clipped = [peek(r[m]["gradients_default_optimizer_global_norm"]) for r in results]
+        assert clipped[0] == pytest.approx(clipped[1], rel=1e-6)
+    a, b = encoders
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    step = max(np.abs(a[k] - before["task0"][f"encoder.{k}"]).max() for k in a)
+    assert 0.5 * LR < step <= 1.01 * LR
