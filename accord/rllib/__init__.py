@@ -4,7 +4,7 @@
   `AccordIMPALATorchLearner`, `AccordAPPOTorchLearner`, `AccordSACTorchLearner`: per-term
   gradients on the shared parameters, combined by Sum / CosineGate / OLAux / PCGrad, then
   RLlib's own clipping and optimizer step (see `accord.rllib.learner`).
-- `combiner_settings(name, **kwargs)`: what to pass as `config.training(learner_config_dict=...)`.
+- `combiner_settings(name, **kwargs)`: what to pass as `config.learners(learner_config_dict=...)`.
 - `SharedEncoderMultiRLModule`: one module per task over one encoder object.
 - `MultiTaskCartPole`, `multitask_ppo_config`: CartPole variants as tasks, ready to train.
 """

@@ -8,8 +8,11 @@ gradients on the shared parameters, lets an accord combiner produce one gradient
 every `.grad`. RLlib's own `postprocess_gradients` (grad_clip per optimizer, gradient logging)
 and `apply_gradients` (NaN handling, lr schedules, optimizer steps) run unchanged afterwards.
 
-    config.training(learner_class=AccordPPOTorchLearner,
+    config.learners(learner_class=AccordPPOTorchLearner,
                     learner_config_dict=combiner_settings("pcgrad", seed=0))
+
+(`config.learners(...)`: Ray 2.60 deprecates passing these two to `config.training(...)`,
+which still works.)
 
 Loss terms. One term per module of the MultiRLModule (one module per task), named by its
 module id. A `compute_loss_for_module` may instead stash several terms for its module with
@@ -78,7 +81,7 @@ class CombinedGradientsMixin:
         settings = self.config.learner_config_dict or {}
         if COMBINER_KEY not in settings:
             raise ValueError(f"{type(self).__name__} needs a combiner: pass "
-                             f"config.training(learner_config_dict=combiner_settings(...))")
+                             f"config.learners(learner_config_dict=combiner_settings(...))")
         if self.config._torch_grad_scaler_class:
             raise ValueError("combined gradients do not support torch grad scalers")
         self._combiner_name = settings[COMBINER_KEY]

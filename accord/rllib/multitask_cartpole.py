@@ -97,9 +97,9 @@ def multitask_ppo_config(combiner: str = "pcgrad", pole_lengths=DEFAULT_POLE_LEN
         .rl_module(rl_module_spec=MultiRLModuleSpec(
             multi_rl_module_class=SharedEncoderMultiRLModule,
             rl_module_specs={t: RLModuleSpec(model_config=model) for t in tasks}))
-        .training(learner_class=AccordPPOTorchLearner,
-                  learner_config_dict=combiner_settings(combiner, **kwargs),
-                  train_batch_size_per_learner=train_batch_size, minibatch_size=minibatch_size,
+        .learners(learner_class=AccordPPOTorchLearner,
+                  learner_config_dict=combiner_settings(combiner, **kwargs))
+        .training(train_batch_size_per_learner=train_batch_size, minibatch_size=minibatch_size,
                   num_epochs=num_epochs, lr=lr, grad_clip=0.5)
         .debugging(seed=seed)
     )

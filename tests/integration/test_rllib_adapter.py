@@ -30,7 +30,7 @@ LR = 3e-4
 def _learner(combiner, learner_class=None):
     config = multitask_ppo_config(combiner, POLES, seed=0, lr=LR)
     if learner_class is not None:
-        config = config.training(learner_class=learner_class)
+        config = config.learners(learner_class=learner_class)
     return config.build_learner(env=MultiTaskCartPole({"pole_lengths": POLES}))
 
 
