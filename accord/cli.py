@@ -253,6 +253,25 @@ def bench_sac(
     sac_main(device=device, quick=quick)
 
 
+@bench_app.command("peer")
+def bench_peer(
+    config: Path = typer.Option(Path("configs/bench.yaml"), help="Breakout config (actors, envs, unroll, batch, device)."),
+    cartpole: Path = typer.Option(Path("configs/cartpole.yaml"), help="accord's CartPole config."),
+    seconds: float = typer.Option(30.0, help="Measured Breakout seconds per side."),
+    cartpole_limit: float = typer.Option(300.0, help="Seconds each side gets to reach return 150."),
+    set_: list[str] = typer.Option([], "--set", help="Overrides of the Breakout config."),
+    cartpole_set: list[str] = typer.Option([], "--cartpole-set", help="Overrides of the CartPole config."),
+    skip_breakout: bool = typer.Option(False, help="Only the CartPole race."),
+    skip_cartpole: bool = typer.Option(False, help="Only the Breakout throughput."),
+) -> None:
+    """accord IMPALA vs RLlib IMPALA frames/s on Breakout; seconds to CartPole 150 vs RLlib IMPALA/PPO."""
+    cfg = _load_or_exit(config, set_)
+    _load_or_exit(cartpole, cartpole_set)
+    from bench.peer import main as peer_main
+
+    peer_main(cfg, cartpole, seconds, cartpole_limit, cartpole_set, skip_breakout, skip_cartpole)
+
+
 def main() -> None:
     app(prog_name="accord")
 

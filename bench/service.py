@@ -56,6 +56,9 @@ class SyntheticProducer:
         self.unroll = unroll
         self.per_insert = unrolls_per_insert
 
+    def ready(self) -> bool:
+        return True
+
     def run(self, seconds: float) -> dict:
         """Acknowledged insert calls and unrolls within `seconds` (one left in flight at the
         end is not counted: the consumer has stopped draining by then)."""
@@ -95,7 +98,8 @@ def measure(unroll: dict, producers: int, shards: int, seconds: float, per_inser
     names = [f"accord-queue-{run}-{s}" for s in range(shards)]
     queues = [QueueActor.options(name=n).remote("fifo", capacity_per_shard) for n in names]
     fleet = [SyntheticProducer.remote(names[i % shards], unroll, per_insert) for i in range(producers)]
-    ray.get([q.stats.remote() for q in queues])
+    # every producer and shard up before the clock starts: worker start-up is not throughput
+    ray.get([q.stats.remote() for q in queues] + [p.ready.remote() for p in fleet])
     consumer = drain.remote(queues, unrolls_per_batch, seconds)
     produced = ray.get([p.run.remote(seconds) for p in fleet])
     drained = ray.get(consumer)
