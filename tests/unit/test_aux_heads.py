@@ -13,7 +13,7 @@ from accord.config import to_yaml
 from envs import EnvSpec
 from learner.aux import build_aux_terms
 from learner.aux.autoencoder import _FrameDecoder
-from learner.aux.distill import CheckpointTeacher, teacher_policy
+from learner.aux.distill import CheckpointTeacher, Distill, teacher_policy
 from learner.checkpoint import save_checkpoint
 from learner.impala.learner import ImpalaLearner
 from models.torsos import MLP
@@ -85,16 +85,46 @@ def test_the_greedy_teacher_splits_ties_and_the_tempered_one_divides_by_temperat
     torch.testing.assert_close(teacher_policy(logits, 4.0), F.softmax(logits / 4.0, -1))
 
 
-def test_a_teacher_serves_each_student_task_with_its_own_head_or_the_first(tmp_path):
-    cfg = cfg_with({})
+def two_task_teacher_run(tmp_path):
+    """A teacher trained on CartPole-v0 and -v1 with a policy head per task."""
+    cfg = cfg_with({}, per_task_heads=True)
     cfg = cfg.model_copy(update={"env": cfg.env.model_copy(
         update={"tasks": ("CartPole-v0", "CartPole-v1")})})
     run_dir = tmp_path / "teacher"
     run_dir.mkdir()
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    torch.manual_seed(5)
     save_checkpoint(run_dir, ImpalaLearner(cfg, VECTOR_SPEC).state_dict(), 1)
+    return run_dir
+
+
+def test_a_teacher_serves_each_student_task_with_its_own_head_or_the_first(tmp_path):
+    run_dir = two_task_teacher_run(tmp_path)
     teacher = CheckpointTeacher(run_dir, (4,), torch.device("cpu"))
     assert [teacher.head_for(t) for t in ("CartPole-v1", "CartPole-v0", "Acrobot-v1")] == [1, 0, 0]
+    # The student's task 0 (CartPole-v1) is distilled from the teacher's head 1, its task 1
+    # (unknown to the teacher) from head 0, each at temperature 2.
+    term = Distill("distill", 1.0, teacher=str(run_dir), temperature=2.0, tasks=None,
+                   student_tasks=["CartPole-v1", "Acrobot-v1"], num_actions=A, obs_shape=(4,),
+                   device=torch.device("cpu"))
+    assert term.teacher_head.tolist() == [1, 0] and term.distilled.tolist() == [True, False]
+    batch = aux_batch(MLP(4), torch.randn(T + 1, B, 4))
+    batch.task_id = torch.tensor([0, 1, 0])
+    probs = term.teacher_probs(batch)
+    for b, head in enumerate([1, 0, 1]):
+        logits, _ = teacher.model(batch.obs[:-1, b], torch.full((T,), head))
+        torch.testing.assert_close(probs[:, b], F.softmax(logits / 2.0, -1))
+    loss, mask = term.per_step(batch)
+    assert mask.tolist() == [[1.0, 0.0, 1.0]] * T
+
+
+def test_a_recorded_teacher_uses_no_head_and_distill_keeps_nothing_in_checkpoints():
+    term = Distill("distill", 1.0, teacher="q_aux", temperature=1.0, tasks=["b"],
+                   student_tasks=["a", "b"], num_actions=A, obs_shape=(4,),
+                   device=torch.device("cpu"))
+    assert term.teacher_head.tolist() == [0, 0] and term.distilled.tolist() == [False, True]
+    # Both buffers follow the student's task list, which a resumed run may change.
+    assert term.state_dict() == {}
 
 
 def test_each_term_is_built_under_its_config_name():
