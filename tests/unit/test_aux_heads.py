@@ -132,3 +132,14 @@ def test_each_term_is_built_under_its_config_name():
            "recon": {"kind": "autoencoder"}}
     terms = build_aux_terms(cfg_with(aux), VECTOR_SPEC, 64, torch.device("cpu"))
     assert {name: term.name for name, term in terms.items()} == {name: name for name in aux}
+
+
+def test_action_one_hots_span_every_action_even_when_a_batch_takes_only_the_first():
+    torch.manual_seed(0)
+    term = build("reward")
+    batch = aux_batch(MLP(4), torch.randn(T + 1, B, 4))
+    batch.actions = torch.zeros(T, B, dtype=torch.int64)
+    loss, _ = term.per_step(batch)
+    a = torch.tensor([1.0, 0.0]).expand(T, B, A)
+    predicted = term.head(torch.cat([batch.z[:-1], a], -1)).squeeze(-1)
+    torch.testing.assert_close(loss, 0.5 * (predicted - batch.rewards) ** 2)
