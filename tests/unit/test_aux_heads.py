@@ -143,3 +143,11 @@ def test_action_one_hots_span_every_action_even_when_a_batch_takes_only_the_firs
     a = torch.tensor([1.0, 0.0]).expand(T, B, A)
     predicted = term.head(torch.cat([batch.z[:-1], a], -1)).squeeze(-1)
     torch.testing.assert_close(loss, 0.5 * (predicted - batch.rewards) ** 2)
+
+
+def test_aux_heads_are_two_linear_layers_with_a_relu_between():
+    torch.manual_seed(0)
+    head = build("reward").head
+    x = torch.randn(6, 66) * 3.0
+    first, last = head[0], head[-1]
+    torch.testing.assert_close(head(x), last(F.relu(first(x))))
