@@ -247,14 +247,16 @@ def test_cosine_gate_adds_the_aux_gradient_to_the_torso_only_while_open(threshol
     assert not any(k.startswith("combiner/cos_now/aux/inverse_dynamics/value") for k in metrics)
 
 
-def test_olaux_from_forward_mode_dots_updates_like_explicit_per_term_gradients():
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_olaux_from_forward_mode_dots_updates_like_explicit_per_term_gradients(reduction):
     """learner.combiner.strategy: forward gives every weight the gradient the batched per-term
-    path gives, and OL-AUX's weights move the same, over updates spanning two horizons."""
+    path gives, and OL-AUX's weights move the same, over updates spanning two horizons, with
+    the aux terms summed or averaged over steps alike."""
     aux = {"inverse_dynamics": {"hidden": 8}, "reward": {"hidden": 8, "weight": 0.5}}
     options = {"horizon": 2, "lr": 0.5}
     learners = {}
     for strategy in ("batched", "forward"):
-        cfg = cfg_with(aux, "olaux", options, vf_share_layers=False)
+        cfg = cfg_with(aux, "olaux", options, vf_share_layers=False, loss_reduction=reduction)
         cfg = cfg.model_copy(update={"learner": cfg.learner.model_copy(update={
             "combiner": cfg.learner.combiner.model_copy(update={"strategy": strategy})})})
         torch.manual_seed(0)
