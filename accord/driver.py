@@ -301,7 +301,7 @@ def _train(cfg: ExperimentConfig, run_dir: Path, restored: Restored | None, cons
     roles = RayRoles(topo.learner, topo.service, topo.actors, topo.evaluator)
     # The learner is not restarted by Ray (its death ends the run); it restarts from a
     # checkpoint when the run is resumed, and that is what this counts.
-    learner_restarts = (sink.last_value("learner/restarts") or 0.0) + 1 if resume else 0.0
+    learner_restarts = (sink.last_value("learner/restarts") or 0.0) + 1 if restored is not None else 0.0
     loop = TrainingLoop(cfg, run_dir, roles, sink, episodes, console, stop,
                         static_metrics={"checkpoints/corrupt_skipped": corrupt,
                                         "learner/restarts": learner_restarts})

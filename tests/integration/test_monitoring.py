@@ -188,6 +188,7 @@ def _screenshots_dir(stack) -> Path:
 
 def test_actors_page_lists_the_named_actors_with_their_reprs(stack):
     def cos_run_alive():
+        _running(stack)  # a run that died fails here at once, with its log
         names = {a["name"] for a in _alive_accord_actors(stack)}
         return next((n.split(":")[1] for n in names
                      if n.startswith("accord:mon-cos-") and n.endswith(":rollout:0")), None)
