@@ -52,6 +52,10 @@ class CheckpointSchedule:
         self.failing_since, self.newest = None, path
         return path
 
+    def rewind(self, updates: int) -> None:
+        """The learner went back to a checkpoint at `updates`: count the interval from there."""
+        self.last_updates = updates
+
     def given_up(self, now: float) -> bool:
         """True once writes have kept failing for the tolerated time."""
         return self.failing_since is not None and now - self.failing_since >= self.tolerance

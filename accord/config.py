@@ -165,6 +165,10 @@ class LearnerConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when the cluster has a GPU.")
     bf16: bool = Field(False, description="bf16 autocast for the forward pass on CUDA.")
     max_nonfinite_run: int = Field(20, ge=1, description="Consecutive non-finite losses that stop training.")
+    max_restarts: int = Field(
+        3, ge=0, description="Times Ray restarts a dead learner process within a run; each restart "
+                             "continues from the newest checkpoint (losing at most one checkpoint "
+                             "interval of updates). Past it the run stops and says how to resume.")
     num_threads: int = Field(1, ge=1, description="torch threads of a CPU learner.")
     combiner: CombinerConfig = Field(CombinerConfig(), description="Gradient combiner on the shared weights (used when there are several tasks, aux terms, or it is not 'sum'). sum/pcgrad: across tasks, each task's term being its V-trace loss plus its aux terms on its own unrolls; cosine_gate/olaux: the main term (all tasks' V-trace losses) against each aux term, or without aux terms the first task against the others. SAC combines the critic's and the actor's shared gradients separately.")
     aux: dict[str, AuxConfig] = Field({}, description="Auxiliary losses by name (IMPALA), e.g. {distill: {teacher: runs/x}, inverse_dynamics: {}}.")

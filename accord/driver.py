@@ -258,8 +258,11 @@ def start_service(cfg: ExperimentConfig, spec: EnvSpec, run_id: str) -> tuple[li
     return [QueueActor.options(name=n).remote("fifo", cfg.queue.capacity // shards) for n in names], names
 
 
-def start_topology(cfg: ExperimentConfig, run_id: str, checkpoint: str | None = None) -> Topology:
-    """Create every role on the connected Ray cluster; load `checkpoint` into the learner first."""
+def start_topology(cfg: ExperimentConfig, run_id: str, checkpoint: str | None = None,
+                   run_dir: Path | None = None) -> Topology:
+    """Create every role on the connected Ray cluster; load `checkpoint` into the learner first.
+    With a `run_dir`, Ray restarts a dead learner (`learner.max_restarts`) from its newest
+    checkpoint; without one (benchmarks) a dead learner stays dead."""
     spec = describe(cfg.env.kind, cfg.env.tasks[0], **env_options(cfg))
     check_resources(cfg, ray.cluster_resources())
     has_gpu = ray.cluster_resources().get("GPU", 0) >= 1 and cfg.learner.device != "cpu"
@@ -270,9 +273,10 @@ def start_topology(cfg: ExperimentConfig, run_id: str, checkpoint: str | None = 
     service, service_names = start_service(cfg, spec, run_id)
     weights_name = actor_name(run_id, "weights")
     weight_store = WeightStore.options(name=weights_name).remote()
-    learner = LearnerActor.options(name=actor_name(run_id, "learner"),
-                                   num_gpus=1 if has_gpu else 0, num_cpus=1).remote(
-        cfg, spec, service, weight_store)
+    learner = LearnerActor.options(
+        name=actor_name(run_id, "learner"), num_gpus=1 if has_gpu else 0, num_cpus=1,
+        max_restarts=cfg.learner.max_restarts if run_dir is not None else 0, max_task_retries=0,
+    ).remote(cfg, spec, service_names, weights_name, None if run_dir is None else str(run_dir))
     if checkpoint is not None:
         ray.get(learner.load.remote(checkpoint))
     # Actors wait for these weights, so no experience from unpublished weights is produced.
@@ -292,19 +296,19 @@ def _train(cfg: ExperimentConfig, run_dir: Path, restored: Restored | None, cons
     checkpoint, corrupt = None, 0
     if restored is not None:
         checkpoint, corrupt = str(restored.path), len(restored.corrupt)
-    topo = start_topology(cfg, run_dir.name, checkpoint)
+    topo = start_topology(cfg, run_dir.name, checkpoint, run_dir)
     sink = MetricsSink(run_dir, task=cfg.env.tasks[0] if len(cfg.env.tasks) == 1 else "")
     episodes = EpisodeTracker(cfg.env.tasks)
     device = ray.get(topo.learner.device_name.remote())
     console.log(f"run directory {run_dir}; learner on {device}; {cfg.actors.num_actors} actors "
                 f"x {cfg.env.envs_per_actor} envs on {', '.join(cfg.env.tasks)}")
     roles = RayRoles(topo.learner, topo.service, topo.actors, topo.evaluator)
-    # The learner is not restarted by Ray (its death ends the run); it restarts from a
-    # checkpoint when the run is resumed, and that is what this counts.
+    # Restarts of the learner from a checkpoint: a resume is one, and so is each time Ray
+    # restarts a dead learner within the run (the loop counts those on).
     learner_restarts = (sink.last_value("learner/restarts") or 0.0) + 1 if restored is not None else 0.0
     loop = TrainingLoop(cfg, run_dir, roles, sink, episodes, console, stop,
-                        static_metrics={"checkpoints/corrupt_skipped": corrupt,
-                                        "learner/restarts": learner_restarts})
+                        static_metrics={"checkpoints/corrupt_skipped": corrupt},
+                        learner_restarts=int(learner_restarts))
     try:
         return loop.run()
     finally:

@@ -20,6 +20,15 @@ from learner.checkpoint import list_checkpoints
 
 EXIT_OK, EXIT_FAILED, EXIT_DIVERGED = 0, 1, 3
 FLEET_DEAD_SECONDS = 60.0
+LEARNER_RESTART_SECONDS = 300.0  # for Ray to start a new learner process and for it to load
+
+
+class LearnerLost(Exception):
+    """The learner's process died during a call (Ray restarts it while restarts are left)."""
+
+
+class LearnerGone(Exception):
+    """The learner is dead for good: its restarts are used up, or it did not come back."""
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -87,13 +96,31 @@ class RayRoles:
         self.health = ActorHealth(actors)
 
     def counters(self) -> dict:
-        return _get(self.learner.counters.remote())
+        return _learner_get(self.learner.counters.remote())
 
     def train(self, max_updates: int, max_seconds: float) -> dict:
-        return _get(self.learner.train.remote(max_updates=max_updates, max_seconds=max_seconds))
+        return _learner_get(self.learner.train.remote(max_updates=max_updates, max_seconds=max_seconds))
 
     def save(self, run_dir: str, keep: int) -> str:
-        return _get(self.learner.save.remote(run_dir, keep))
+        return _learner_get(self.learner.save.remote(run_dir, keep))
+
+    def restarted_learner(self, timeout: float = LEARNER_RESTART_SECONDS) -> dict:
+        """After `LearnerLost`: wait for the learner Ray restarts and return what it restored
+        (`checkpoint`, `updates`, `frames`, ...). `LearnerGone` if Ray will not restart it or it
+        is not back within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                recovered = ray.get(self.learner.recovery.remote(), timeout=max(deadline - time.monotonic(), 1.0))
+            except ray.exceptions.ActorDiedError as exc:
+                raise LearnerGone(_first_line(exc)) from None
+            except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError) as exc:
+                if time.monotonic() >= deadline:
+                    raise LearnerGone(f"not back after {timeout:.0f} s ({_first_line(exc)})") from None
+                time.sleep(0.5)
+                continue
+            # None: the same process answers again (it was unreachable, not dead); go on as is.
+            return recovered or {"checkpoint": None, **self.counters()}
 
     def service_stats(self) -> dict:
         return merge_service_stats(_get([s.stats.remote() for s in self.service]))
@@ -120,14 +147,28 @@ def _get(ref):
         raise
 
 
+def _learner_get(ref):
+    try:
+        return _get(ref)
+    except ray.exceptions.RayActorError as exc:  # the process died, not the code in it
+        raise LearnerLost(_first_line(exc)) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
 class TrainingLoop:
     def __init__(self, cfg, run_dir, roles: RayRoles, sink, episodes, console, stop,
-                 static_metrics: dict | None = None):
+                 static_metrics: dict | None = None, learner_restarts: int = 0):
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.roles, self.health = roles, roles.health
         self.sink, self.episodes, self.console = sink, episodes, console
         self.stop = stop  # .signal_name is set once SIGINT/SIGTERM/SIGHUP arrives
         self.static_metrics = static_metrics or {}  # facts of the start, repeated in every row
+        self.learner_restarts = learner_restarts  # from a checkpoint: resumes and Ray's restarts
+        self.restarts_in_run = 0  # Ray's restarts of this driver's learner
+        self.updates_lost = 0  # seen updates past the checkpoint each restart went back to
         self._silent_since: float | None = None  # when every actor stopped answering
         self.status_failures = 0  # status.json writes that failed (counted, reported once each)
         self.checkpoints: CheckpointSchedule | None = None
@@ -147,6 +188,7 @@ class TrainingLoop:
         last_frames, last_updates = counters["frames"], counters["updates"]
         chunk_metrics: dict = {}
         reason, code = "finished", EXIT_OK
+        learner_alive = True
         try:
             while counters["frames"] < cfg.run.total_frames:
                 if self.stop.signal_name:
@@ -159,8 +201,18 @@ class TrainingLoop:
                     reason, code = (f"no rollout actor has answered for {FLEET_DEAD_SECONDS:.0f} s "
                                     f"(restarts used up? see the actor tracebacks above)"), EXIT_FAILED
                     break
-                chunk = self.roles.train(max_updates=cfg.run.checkpoint_every,
-                                         max_seconds=min(1.0, cfg.run.log_every))
+                try:
+                    chunk = self.roles.train(max_updates=cfg.run.checkpoint_every,
+                                             max_seconds=min(1.0, cfg.run.log_every))
+                except LearnerLost as exc:
+                    if self.stop.signal_name:  # the stop signal reached Ray's processes as well
+                        learner_alive = False
+                        reason, code = (f"interrupted by {self.stop.signal_name}; the learner died "
+                                        f"before the final checkpoint ({exc})"), EXIT_FAILED
+                        break
+                    counters = self._learner_restarted(exc, counters)  # Ray restarts it
+                    last_frames, last_updates = counters["frames"], counters["updates"]
+                    continue
                 counters, chunk_metrics = chunk["counters"], chunk["metrics"]
                 self.episodes.add(chunk["episodes"])
                 if self._reached_stop_return():
@@ -182,14 +234,26 @@ class TrainingLoop:
                     last_log, last_frames, last_updates = now, counters["frames"], counters["updates"]
         except NonFiniteLossError as exc:
             reason, code = f"diverged: {exc}", EXIT_DIVERGED
+        except (LearnerLost, LearnerGone) as exc:  # no restart left, or a death while saving
+            learner_alive = False
+            reason, code = (f"the learner died ({exc}) and is not coming back after "
+                            f"{self.restarts_in_run} restarts (learner.max_restarts: "
+                            f"{cfg.learner.max_restarts}); its newest checkpoint holds the run"), EXIT_FAILED
         # Further signals would abort the checkpoint that makes the stop resumable.
         previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
         try:
-            counters = self.roles.counters()
-            path = self._checkpoint(counters, time.monotonic())
-            if path is None and code == EXIT_OK:
-                reason, code = f"{reason}; the final checkpoint could not be written", EXIT_FAILED
-            self._final_eval()
+            if learner_alive:
+                try:
+                    counters = self.roles.counters()
+                except LearnerLost as exc:  # e.g. the stop signal was sent to Ray's processes too
+                    learner_alive = False
+                    reason, code = (f"{reason}; the learner died before the final checkpoint "
+                                    f"({exc})"), EXIT_FAILED
+            if learner_alive:
+                path = self._checkpoint(counters, time.monotonic())
+                if path is None and code == EXIT_OK:
+                    reason, code = f"{reason}; the final checkpoint could not be written", EXIT_FAILED
+                self._final_eval()
             final_eval = dict(self._eval_metrics)
             # A row only for work (or an evaluation) not yet logged.
             if counters["updates"] > last_updates or self._eval_metrics:
@@ -212,6 +276,25 @@ class TrainingLoop:
         if reason.startswith("interrupted") or code == EXIT_FAILED:
             self.console.log(f"resume with: accord train --resume {self.run_dir}")
         return RunResult(self.run_dir, code, reason, counters, returns, path)
+
+    def _learner_restarted(self, exc: LearnerLost, before: dict) -> dict:
+        """The learner died during a chunk: wait for Ray's restart (`LearnerGone` past
+        `learner.max_restarts`), count it, log what it went back to; its counters."""
+        self.console.log(f"[red]the learner died: {exc}")
+        if self.restarts_in_run >= self.cfg.learner.max_restarts:
+            raise LearnerGone(str(exc))
+        recovered = self.roles.restarted_learner()
+        self.restarts_in_run += 1
+        self.learner_restarts += 1
+        lost = max(before["updates"] - recovered["updates"], 0)
+        self.updates_lost += lost
+        self.checkpoints.rewind(recovered["updates"])
+        self.console.log(
+            f"the learner restarted ({self.restarts_in_run} of learner.max_restarts "
+            f"{self.cfg.learner.max_restarts}) from {recovered['checkpoint'] or 'its initial weights'} "
+            f"at update {recovered['updates']}; the updates past it are lost (the driver had seen "
+            f"update {before['updates']}: {lost} lost at least), and the actors resync")
+        return {k: v for k, v in recovered.items() if k not in ("checkpoint", "corrupt_skipped")}
 
     def _poll_eval(self, updates: int) -> None:
         """Start an evaluation every run.eval_every updates (one at a time); collect a finished one."""
@@ -284,7 +367,8 @@ class TrainingLoop:
         row = {
             **chunk_metrics, **service_stats, **self.health.metrics(), **self.episodes.metrics(),
             **eval_metrics, **self.checkpoints.metrics(), "run/status_write_failures": float(self.status_failures),
-            **self.static_metrics,
+            **self.static_metrics, "learner/restarts": float(self.learner_restarts),
+            "learner/updates_lost": float(self.updates_lost),
             "frames": counters["frames"], "updates": counters["updates"],
             "fps": frames / seconds, "updates_per_s": updates / seconds,
         }

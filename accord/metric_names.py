@@ -111,6 +111,8 @@ TABLE: list[tuple[str, str, dict[str, str], str]] = [
     # restarts of the roles
     (r"actors/restarts", "accord_restarts", {"role": "rollout"}, "Restarts so far, per role"),
     (r"learner/restarts", "accord_restarts", {"role": "learner"}, "Restarts so far, per role"),
+    (r"learner/updates_lost", "accord_learner_updates_lost", {},
+     "Updates lost to learner restarts, at least (those the driver saw past the checkpoint each went back to)"),
     (r"actors/unreachable", "accord_actors_unreachable", {}, "Rollout actors that did not answer the last poll"),
     (r"actors/env_errors", "accord_env_errors", {}, "Environment errors so far"),
     (r"actors/env_steps", "accord_env_steps", {}, "Environment steps so far (all actors)"),

@@ -30,6 +30,14 @@ from actors.rollout import RolloutWorker
 from actors.transitions import TransitionWorker
 
 
+def weights_changed(replies: list[dict], have_version: int) -> bool:
+    """Whether an insert reply names another published version than the actor acts with: a
+    newer one, or an older one after a learner restart went back to its checkpoint. Either
+    way the weight store holds it already (the learner publishes there before the shards)."""
+    published = {r.get("weights_version", -1) for r in replies} - {-1}
+    return bool(published - {have_version})
+
+
 class _QueueInserter:
     """IMPALA: `actors.unrolls_per_insert` unroll references per call into one queue shard
     (actor i inserts into shard i mod S)."""
@@ -120,8 +128,7 @@ class RolloutActor:
                 replies = self._wait(pending_insert)
                 if replies is None:
                     return
-                newest = max((r.get("weights_version", -1) for r in replies), default=-1)
-                if newest > self.worker.version:
+                if weights_changed(replies, self.worker.version):
                     self._sync_weights(timeout=None)
                 pending_insert = self.inserter.send(produced, self.worker.task_id)
                 self.unrolls += len(produced) if isinstance(produced, list) else 1

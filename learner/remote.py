@@ -4,15 +4,23 @@ batches from the queue/replay service through its algorithm's `BatchSource`, ste
 (resolving requests, the object store, the weight store) and the checkpoints. It knows no
 algorithm (see learner/algorithm.py). The driver calls `train` in short chunks so it can log,
 checkpoint and stop between them.
+
+Recovery: the driver creates this actor with `learner.max_restarts`. When its process dies,
+Ray runs `__init__` again in a new one, which continues from the newest checkpoint of the run
+directory that loads (the updates since are lost, at most one checkpoint interval) and
+publishes those weights, so the actors resync to them; the replay or queue service lives in
+its own actors and keeps its data.
 """
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import ray
 import torch
 
 from learner.algorithm import build_algorithm, build_source
-from learner.checkpoint import load_checkpoint, save_checkpoint
+from learner.checkpoint import load_checkpoint, load_latest, save_checkpoint
 from learner.worker import LearnerWorker
 
 
@@ -26,7 +34,11 @@ def resolve_device(requested: str) -> str:
 
 @ray.remote
 class LearnerActor:
-    def __init__(self, cfg, spec, service: list, weight_store):
+    def __init__(self, cfg, spec, service_names: list[str], weights_name: str, run_dir: str | None = None):
+        # Named, not handed in: Ray cannot restart an actor whose constructor took actor
+        # handles (they are object-store references), and it warns of it at creation.
+        service = [ray.get_actor(name) for name in service_names]
+        weight_store = ray.get_actor(weights_name)
         torch.set_num_threads(cfg.learner.num_threads)
         torch.manual_seed(cfg.run.seed)
         np.random.seed(cfg.run.seed)
@@ -38,6 +50,26 @@ class LearnerActor:
         self.source = build_source(cfg, service)
         self.worker = LearnerWorker(self.learner, self.source, cfg.learner.publish_every,
                                     publish_weights=self._publish_weights, fetch=ray.get)
+        self.recovered: dict | None = None  # set in a process that Ray restarted
+        with warnings.catch_warnings():  # Ray 2.60 reads a deprecated property inside it
+            warnings.simplefilter("ignore", DeprecationWarning)
+            restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        if restarted and run_dir is not None:
+            self.recovered = self._recover(run_dir)
+
+    def _recover(self, run_dir: str) -> dict:
+        """Continue from the newest checkpoint that loads (none yet: from the start) and
+        publish its weights; returns what the driver logs."""
+        restored = load_latest(run_dir, map_location="cpu")
+        if restored.state is not None:
+            self.learner.load_state_dict(restored.state)
+        self.worker.publish()
+        return {"checkpoint": None if restored.path is None else str(restored.path),
+                "corrupt_skipped": len(restored.corrupt), **self.counters()}
+
+    def recovery(self) -> dict | None:
+        """What this process restored after a restart (None in the first process)."""
+        return self.recovered
 
     def __repr__(self) -> str:
         # Ray shows this on the dashboard's Actors page and before the actor's log lines. It

@@ -47,8 +47,9 @@ class ReplayService:
         self.weights_version = -1
 
     def set_weights_version(self, version: int) -> None:
-        """The learner published `version`: the next insert replies tell the actors."""
-        self.weights_version = max(self.weights_version, version)
+        """The learner published `version`: the next insert replies tell the actors. The newest
+        notice wins even when it is older: a restarted learner goes back to its checkpoint."""
+        self.weights_version = version
 
     async def insert(self, chunk: dict) -> dict:
         """Store a chunk of transitions (and its ended episodes); waits while the rate limiter

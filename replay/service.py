@@ -38,8 +38,9 @@ class QueueService:
         self.weights_version = -1
 
     def set_weights_version(self, version: int) -> None:
-        """The learner published `version`: the next insert replies tell the actors."""
-        self.weights_version = max(self.weights_version, version)
+        """The learner published `version`: the next insert replies tell the actors. The newest
+        notice wins even when it is older: a restarted learner goes back to its checkpoint."""
+        self.weights_version = version
 
     async def insert(self, wrapped_refs: list, task_ids: int | list[int]) -> dict[str, int]:
         """Insert items in order (one task id for all, or one each); each waits while the queue

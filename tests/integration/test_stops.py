@@ -223,7 +223,7 @@ def test_a_read_only_checkpoint_directory_is_counted_and_training_goes_on(tmp_pa
         mounted = False
         # Training went on: writes come back once the directory is writable again.
         _wait_for(lambda: set(_checkpoints(run_dir)) - set(before), proc, "a checkpoint after the mount")
-        os.killpg(proc.pid, signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)  # as `kill PID` and `ray job stop` send it
         out, _ = proc.communicate(timeout=120)
     finally:
         if mounted:
@@ -266,3 +266,48 @@ def test_a_full_disk_stops_the_run_when_no_failure_is_tolerated(tmp_path):
     status = _status(run_dir)
     assert status["state"] == "failed" and status["reason"].startswith("no checkpoint could be written")
     assert status["checkpoint"] == str(first)
+
+
+def _learner_pid(sid: int) -> int | None:
+    """The learner actor's process in the run's session (Ray titles it ray::LearnerActor...)."""
+    for line in _session(sid):
+        pid = int(line.split()[0])
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if cmdline.startswith(b"ray::LearnerActor"):
+            return pid
+    return None
+
+
+def test_a_killed_learner_restarts_from_the_newest_checkpoint_and_past_max_restarts_the_run_stops(tmp_path):
+    """SIGKILL the learner: Ray restarts it from the newest checkpoint, the run goes on and its
+    rows count the restart. Killed again past learner.max_restarts (1): one clear reason, the
+    resume command, exit code 1, no traceback."""
+    proc = _start(tmp_path, "run.checkpoint_every=100000000", "run.checkpoint_every_seconds=1",
+                  "learner.max_restarts=1", "run.progress=false")
+    try:
+        run_dir = _wait_for(lambda: _run_dir(tmp_path), proc, "run directory")
+        _wait_for(lambda: any(_updates(p) > 0 for p in _checkpoints(run_dir)), proc, "a checkpoint with updates")
+        first = _wait_for(lambda: _learner_pid(proc.pid), proc, "the learner process")
+        newest_at_kill = max(_updates(p) for p in _checkpoints(run_dir))
+        os.kill(first, signal.SIGKILL)
+        second = _wait_for(lambda: (pid := _learner_pid(proc.pid)) != first and pid, proc, "a new learner process")
+        _wait_for(lambda: any(float(r.get("learner/restarts") or 0) == 1 and float(r["updates"]) > newest_at_kill
+                              for r in _rows(run_dir)), proc, "a row after the restart, with more updates")
+        os.kill(second, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        _kill_session(proc.pid)
+    restart = next(line for line in out.splitlines() if "the learner restarted" in line)
+    restored_at = int(restart.split(" at update ")[1].split(";")[0])
+    # It went back to the newest checkpoint of the kill (or one written in the moment before).
+    assert restored_at >= newest_at_kill > 0, restart
+    assert "(1 of learner.max_restarts 1)" in restart
+    assert proc.returncode == 1, out[-3000:]
+    assert "is not coming back after 1 restarts (learner.max_restarts: 1)" in out
+    assert f"resume with: accord train --resume {run_dir}" in out
+    assert "Traceback" not in out, out[-3000:]
+    assert _status(run_dir)["state"] == "failed"
+    assert _updates(_checkpoints(run_dir)[-1]) > restored_at  # trained on after the restart

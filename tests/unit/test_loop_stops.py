@@ -99,9 +99,9 @@ class Stop:
     signal_name = None
 
 
-def make_cfg(**run) -> ExperimentConfig:
+def make_cfg(learner: dict | None = None, **run) -> ExperimentConfig:
     return ExperimentConfig.model_validate({
-        "env": {"kind": "gym", "tasks": ["CartPole-v1"]}, "learner": {"model": "mlp"},
+        "env": {"kind": "gym", "tasks": ["CartPole-v1"]}, "learner": {"model": "mlp", **(learner or {})},
         "run": {"total_frames": 100 * 40, "checkpoint_every": 1000,
                 "checkpoint_every_seconds": 1000.0, "log_every": 5.0, **run}})
 
@@ -218,3 +218,52 @@ def test_a_stop_whose_final_checkpoint_fails_is_a_failure(tmp_path, clock):
     assert result.exit_code == EXIT_FAILED
     assert result.reason == "interrupted by SIGTERM; the final checkpoint could not be written"
     assert status["state"] == "failed" and status["checkpoint_failures"] == 1
+
+
+class DyingLearnerRoles(FakeRoles):
+    """A learner whose process dies in the chunks listed in `deaths`; Ray's restart goes back to
+    the last checkpoint attempt that succeeded (or update 0)."""
+
+    def __init__(self, clock, deaths, **kwargs):
+        super().__init__(clock, **kwargs)
+        self.deaths, self.saved = set(deaths), 0
+
+    def train(self, max_updates, max_seconds):
+        if self.chunks + 1 in self.deaths:
+            self.chunks += 1
+            self.clock.now += CHUNK_SECONDS
+            raise loop_module.LearnerLost("The actor died unexpectedly before finishing this task.")
+        return super().train(max_updates, max_seconds)
+
+    def save(self, run_dir, keep):
+        path = super().save(run_dir, keep)
+        self.saved = self.updates
+        return path
+
+    def restarted_learner(self):
+        self.updates = self.saved
+        return {"checkpoint": f"ckpt_{self.saved:09d}.pt", **self.counters()}
+
+
+def test_a_dead_learner_restarts_from_its_checkpoint_and_the_rows_count_it(tmp_path, clock):
+    roles = DyingLearnerRoles(clock, deaths={6}, updates_per_chunk=2)
+    cfg = make_cfg(checkpoint_every=4, log_every=1.0)
+    result, console, sink, status = run_loop(tmp_path, cfg, roles)
+    assert result.exit_code == EXIT_OK and status["state"] == "finished"
+    # Chunks 1-5 reached update 10, the checkpoint of update 8 was the newest: 2 updates lost.
+    restart = next(line for line in console.lines if "the learner restarted" in line)
+    assert "(1 of learner.max_restarts 3) from ckpt_000000008.pt at update 8;" in restart
+    assert "(the driver had seen update 10: 2 lost at least)" in restart
+    assert sink.rows[-1]["learner/restarts"] == 1.0 and sink.rows[-1]["learner/updates_lost"] == 2.0
+    assert sink.rows[0]["learner/restarts"] == 0.0
+    assert roles.updates == 40  # it trained on to the end
+
+
+def test_a_learner_dead_past_max_restarts_stops_the_run_with_the_resume_command(tmp_path, clock):
+    roles = DyingLearnerRoles(clock, deaths={3, 5}, updates_per_chunk=2)
+    cfg = make_cfg(learner={"max_restarts": 1}, checkpoint_every=2)
+    result, console, sink, status = run_loop(tmp_path, cfg, roles)
+    assert result.exit_code == EXIT_FAILED and status["state"] == "failed"
+    assert "is not coming back after 1 restarts (learner.max_restarts: 1)" in result.reason
+    assert console.lines[-1] == f"resume with: accord train --resume {tmp_path}"
+    assert roles.saves == [2, 4, 6]  # none after the second death: that learner is gone

@@ -185,7 +185,8 @@ def test_insert_replies_carry_the_newest_published_weights_version():
         service = QueueService(FifoTable(capacity=8))
         assert (await service.insert(["a"], 0))["weights_version"] == -1
         service.set_weights_version(3)
-        service.set_weights_version(2)  # a late notice never moves the version back
         assert (await service.insert(["b"], 0))["weights_version"] == 3
+        service.set_weights_version(2)  # a restarted learner went back to its checkpoint
+        assert (await service.insert(["c"], 0))["weights_version"] == 2
 
     asyncio.run(main())

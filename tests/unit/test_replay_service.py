@@ -148,8 +148,9 @@ def test_insert_replies_carry_the_newest_published_weights_version():
         service = make_service()
         assert (await service.insert(chunk(0)))["weights_version"] == -1
         service.set_weights_version(5)
-        service.set_weights_version(4)  # a late notice never moves the version back
         reply = await service.insert(chunk(4))
         assert reply["weights_version"] == 5 and reply["size"] == len(service.table)
+        service.set_weights_version(3)  # a restarted learner went back to its checkpoint
+        assert (await service.insert(chunk(0)))["weights_version"] == 3
 
     asyncio.run(scenario())
