@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/laptop.yaml
 
-.PHONY: install system-deps run test test-fast bench clean mutation
+.PHONY: install system-deps run test test-fast bench clean mutation proto
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,12 @@ test-fast: install
 bench: install
 	$(BIN)/accord bench throughput
 	$(BIN)/accord bench combiners
+
+# Regenerates the gRPC ingestion modules from ingest/ingest.proto (committed, so a plain install
+# needs no protoc); grpcio-tools goes into the venv only for this.
+proto: install
+	$(BIN)/pip install -q -e ".[proto]"
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. ingest/ingest.proto
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

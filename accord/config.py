@@ -55,6 +55,50 @@ class ActorConfig(_Section):
         True, description="Unrolls of stacked image frames (Atari) carry each frame once; the learner restacks them.")
 
 
+class GrpcIngestConfig(_Section):
+    """gRPC ingestion (ingest/): producers outside Ray stream transitions into the replay table."""
+    port: int | None = Field(
+        None, ge=0, le=65535, description="Port of the ingestion server the driver starts; None: no "
+                                          "server; 0: any free port (written to RUN_DIR/ingest_address).")
+    host: str = Field("127.0.0.1", min_length=1, description="Address it listens on; beyond loopback only with TLS.")
+    token_env: str = Field(
+        "ACCORD_INGEST_TOKEN", min_length=1,
+        description="Environment variable holding the bearer token producers must send; when it is "
+                    "unset a token is generated per run and written to RUN_DIR/ingest_token (mode 0600).")
+    tls_cert: str | None = Field(None, description="PEM certificate chain; with tls_key the server speaks TLS only.")
+    tls_key: str | None = Field(None, description="PEM private key of tls_cert.")
+    max_message_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, le=1024 ** 3,
+        description="Largest chunk message accepted; a larger one gets RESOURCE_EXHAUSTED.")
+    max_streams: int = Field(
+        8, ge=1, description="Concurrent calls served; one more gets RESOURCE_EXHAUSTED.")
+
+    @model_validator(mode="after")
+    def _secure(self) -> "GrpcIngestConfig":
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert: TLS needs both tls_cert and tls_key")
+        for name in ("tls_cert", "tls_key"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name}: no such file {path!r}")
+        # The bearer token travels in every call's headers: in clear text it must not leave the host.
+        if self.port is not None and self.tls_cert is None and not _is_loopback(self.host):
+            raise ValueError(f"host: {self.host!r} is not a loopback address; serving beyond this "
+                             f"machine sends the token in clear text, so give tls_cert and tls_key")
+        return self
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class ReplayConfig(_Section):
     """The replay table of off-policy algorithms (SAC); the FIFO queue serves IMPALA."""
     capacity_per_task: int = Field(1_000_000, ge=1, description="Transitions kept per task (a ring buffer each).")
@@ -73,6 +117,7 @@ class ReplayConfig(_Section):
                                "faster side waits; 0 picks the smallest that cannot deadlock.")
     shards: int = Field(1, ge=1, description="Replay service actors; tasks are partitioned across them.")
     prefetch: int = Field(2, ge=1, description="Batches the learner keeps in flight, so it rarely waits.")
+    grpc: GrpcIngestConfig = Field(GrpcIngestConfig(), description="gRPC ingestion of transitions from producers outside Ray (SAC).")
 
 
 class QueueConfig(_Section):
@@ -266,6 +311,9 @@ class ExperimentConfig(_Section):
         spi = self.replay.samples_per_insert
         if spi is not None and spi <= 0:
             raise ValueError(f"replay.samples_per_insert: must be > 0 (or auto, or null for no limit), got {spi}")
+        if self.replay.grpc.port is not None and not sac:
+            raise ValueError("replay.grpc.port: gRPC ingestion feeds the SAC replay table; "
+                             f"learner.algorithm is {self.learner.algorithm!r}")
         if sac:
             self._check_replay()
         else:

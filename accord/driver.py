@@ -30,6 +30,7 @@ from actors.evaluator import EvaluatorActor
 from actors.remote import RolloutActor
 from actors.rollout import env_options
 from envs import EnvSpec, describe
+from ingest.launch import LiveMetrics, start_ingest
 from learner.algorithm import policy_weights
 from learner.broadcast import WeightStore
 from learner.checkpoint import Restored, load_latest
@@ -297,6 +298,7 @@ def _train(cfg: ExperimentConfig, run_dir: Path, restored: Restored | None, cons
     if restored is not None:
         checkpoint, corrupt = str(restored.path), len(restored.corrupt)
     topo = start_topology(cfg, run_dir.name, checkpoint, run_dir)
+    ingest = _start_ingest(cfg, topo, run_dir, console)  # None unless replay.grpc.port is set
     sink = MetricsSink(run_dir, task=cfg.env.tasks[0] if len(cfg.env.tasks) == 1 else "")
     episodes = EpisodeTracker(cfg.env.tasks)
     device = ray.get(topo.learner.device_name.remote())
@@ -306,12 +308,26 @@ def _train(cfg: ExperimentConfig, run_dir: Path, restored: Restored | None, cons
     # Restarts of the learner from a checkpoint: a resume is one, and so is each time Ray
     # restarts a dead learner within the run (the loop counts those on).
     learner_restarts = (sink.last_value("learner/restarts") or 0.0) + 1 if restored is not None else 0.0
+    static_metrics = {"checkpoints/corrupt_skipped": corrupt}
     loop = TrainingLoop(cfg, run_dir, roles, sink, episodes, console, stop,
-                        static_metrics={"checkpoints/corrupt_skipped": corrupt},
+                        static_metrics=static_metrics if ingest is None else LiveMetrics(static_metrics, ingest),
                         learner_restarts=int(learner_restarts))
     try:
         return loop.run()
     finally:
         sink.close()
         console.close()
+        if ingest is not None:
+            ingest.stop()
         topo.stop()
+
+
+def _start_ingest(cfg: ExperimentConfig, topo: Topology, run_dir: Path, console: Console):
+    """The gRPC ingestion server in front of the replay shards (ingest/), or None."""
+    if cfg.replay.grpc.port is None:
+        return None
+    try:
+        return start_ingest(cfg, topo.spec, topo.service, run_dir, console.log)
+    except OSError as exc:
+        topo.stop()
+        raise UserError(f"replay.grpc: {exc}") from None
