@@ -124,6 +124,12 @@ TABLE: list[tuple[str, str, dict[str, str], str]] = [
     (rf"replay/size/(?P<task>{_SEG})", "accord_replay_depth", {}, "Transitions in the replay table"),
     (r"replay/blocked_insert_seconds", "accord_replay_blocked_insert_seconds", {}, "Seconds inserts waited on the rate limiter"),
     (r"replay/samples_per_insert", "accord_replay_samples_per_insert", {}, "Observed samples per inserted transition"),
+    # gRPC ingestion (ingest/): producers outside Ray
+    (r"ingest/rows", "accord_ingest_rows", {"task": "all"}, "Transitions stored from gRPC producers"),
+    (rf"ingest/rows/(?P<task>{_SEG})", "accord_ingest_rows", {}, "Transitions stored from gRPC producers"),
+    (r"ingest/chunks", "accord_ingest_chunks", {}, "Chunks stored from gRPC producers"),
+    (r"ingest/rejected", "accord_ingest_rejected", {"code": "all"}, "gRPC ingestion calls refused, per status code"),
+    (rf"ingest/rejected/(?P<code>{_SEG})", "accord_ingest_rejected", {}, "gRPC ingestion calls refused, per status code"),
     # checkpoints and the run's own bookkeeping
     (r"checkpoints/(?P<kind>failed|corrupt_skipped)", "accord_checkpoint_problems", {}, "Checkpoints that failed to write or were skipped as corrupt"),
 ]
