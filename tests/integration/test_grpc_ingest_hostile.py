@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -37,12 +38,16 @@ MAX_MESSAGE = 64 * 1024
 class InspectableShard:
     """A replay shard as replay/replay_service.py builds it, plus a look at its table."""
 
-    def __init__(self, task_ids):
+    def __init__(self, task_ids, samples_per_insert=None):
         table = ReplayTable(task_ids, 100_000, SPEC.obs_shape, SPEC.obs_dtype, SPEC.action_dim)
-        self.service = ReplayService(table, SampleToInsertRatio(None, 0.0, 16, 16), learning_starts=1)
+        limiter = SampleToInsertRatio(samples_per_insert, 0.0, 16, 30)
+        self.service = ReplayService(table, limiter, learning_starts=1)
 
     async def insert(self, chunk):
         return await self.service.insert(chunk)
+
+    async def sample(self, batch_per_task):
+        return await self.service.sample(batch_per_task, timeout=5)
 
     def rows(self):
         table = self.service.table
@@ -140,6 +145,7 @@ def test_hostile_input_gets_its_status_and_the_table_holds_exactly_what_was_acke
         "missing token": _code(lambda: IngestClient(address, "").stub.Describe(pb.DescribeRequest(), timeout=10)),
         "wrong token": _code(lambda: IngestClient(address, "not-the-token").send(**_send_args(base))),
         "wrong dtype": bad(_mutated(base, obs=encode_array(f64, np.float64))),
+        "wrong dtype of the same size": bad(_mutated(base, action=encode_array(base["action"], np.int32))),
         "wrong shape": bad(_mutated(base, obs=encode_array(np.zeros((8, 3)), np.float32))),
         "row counts differ": bad(_mutated(base, reward=encode_array(base["reward"][:7], np.float32))),
         "unknown task id": bad(_mutated(base, task_id=encode_array(np.full(8, 3), np.int64))),
@@ -177,7 +183,8 @@ def test_hostile_input_gets_its_status_and_the_table_holds_exactly_what_was_acke
 
     assert results == {
         "missing token": "UNAUTHENTICATED", "wrong token": "UNAUTHENTICATED",
-        "wrong dtype": "INVALID_ARGUMENT", "wrong shape": "INVALID_ARGUMENT",
+        "wrong dtype": "INVALID_ARGUMENT", "wrong dtype of the same size": "INVALID_ARGUMENT",
+        "wrong shape": "INVALID_ARGUMENT",
         "row counts differ": "INVALID_ARGUMENT", "unknown task id": "INVALID_ARGUMENT",
         "negative task id": "INVALID_ARGUMENT", "nan reward": "INVALID_ARGUMENT",
         "inf obs": "INVALID_ARGUMENT", "action out of range": "INVALID_ARGUMENT",
@@ -206,12 +213,31 @@ def test_hostile_input_gets_its_status_and_the_table_holds_exactly_what_was_acke
     assert [metrics[f"ingest/rows/{n}"] for n in "abc"] == counts.tolist()
     # Calls we refused are counted by status (RESOURCE_EXHAUSTED comes from grpc itself, uncounted).
     assert metrics["ingest/rejected/UNAUTHENTICATED"] == 3
-    assert metrics["ingest/rejected/INVALID_ARGUMENT"] == 16
+    assert metrics["ingest/rejected/INVALID_ARGUMENT"] == 17
 
 
 def _send_args(rows):
     return dict(task_ids=rows["task_ids"], obs=rows["obs"], action=rows["action"], reward=rows["reward"],
                 next_obs=rows["next_obs"], terminated=rows["terminated"], truncated=rows["truncated"])
+
+
+def test_a_producer_ahead_of_the_learner_waits_for_it(local_ray):
+    """Back-pressure: with a samples-per-insert limit (1, tolerance (16 + 30) / 2), the third
+    chunk's insert waits at the shard, so its send does not return until the learner samples."""
+    shard = InspectableShard.remote([0, 1, 2], samples_per_insert=1.0)
+    server = IngestServer(ChunkSchema.of(SPEC, NUM_TASKS), ["a", "b", "c"], [shard], [16], TOKEN).start()
+    rng = np.random.default_rng(2)
+    try:
+        with IngestClient(server.address, TOKEN) as client, ThreadPoolExecutor(1) as pool:
+            assert client.send(**_send_args(_rows(3, [0, 1, 2], rng))) == 3  # every task: sampling may start
+            assert client.send(**_send_args(_rows(16, [0, 1, 2], rng))) == 16  # within the tolerance
+            third = pool.submit(client.send, **_send_args(_rows(16, [0, 1, 2], rng)))
+            time.sleep(1.5)
+            assert not third.done()  # held back: 16 + 16 inserted rows exceed the tolerance of 23
+            assert ray.get(shard.sample.remote(10)) is not None  # the learner takes 30 rows
+            assert third.result(timeout=10) == 16
+    finally:
+        server.stop(0)
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
