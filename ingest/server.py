@@ -79,12 +79,15 @@ class IngestServer:
         }
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
         address = f"{host}:{port}" if ":" not in host else f"[{host.strip('[]')}]:{port}"
-        if tls is None:
-            self.port = self._server.add_insecure_port(address)
-        else:
-            self.port = self._server.add_secure_port(address, grpc.ssl_server_credentials([tls]))
+        try:
+            if tls is None:
+                self.port = self._server.add_insecure_port(address)
+            else:
+                self.port = self._server.add_secure_port(address, grpc.ssl_server_credentials([tls]))
+        except RuntimeError:  # grpc's "Failed to bind": a port in use, an unknown host
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"replay.grpc: cannot listen on {address}")
+            raise OSError(f"cannot listen on {address} (port in use, or no such address here)")
         self.address = f"{host}:{self.port}"
 
     def start(self) -> "IngestServer":
