@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -25,8 +27,11 @@ from ingest.server import SERVICE, IngestServer
 from replay.rate_limiter import SampleToInsertRatio
 from replay.replay_service import ReplayService
 from replay.replay_table import FIELDS, ReplayTable
+from tests.support.ingest_rows import killed_rows
 
 pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
 
 TOKEN = "s3cret-token"
 NUM_TASKS = 3  # two shards: tasks {0, 2} and {1}
@@ -84,6 +89,17 @@ def _code(call) -> str:
     except grpc.RpcError as exc:
         return exc.code().name
     return "OK"
+
+
+KILLED_PRODUCER = """
+import sys, time
+from ingest.client import IngestClient
+from tests.support.ingest_rows import killed_rows
+client = IngestClient(sys.argv[1], sys.argv[2])
+for k in range(2):
+    print(client.send(**killed_rows(k)), flush=True)
+time.sleep(60)  # killed here, its stream still open
+"""
 
 
 def _raw_insert(address, payloads, token=TOKEN):
@@ -171,6 +187,15 @@ def test_hostile_input_gets_its_status_and_the_table_holds_exactly_what_was_acke
     gone._acks.cancel()
     results["stream cancelled midway"] = _code(lambda: next(gone._acks))
     gone.channel.close()
+    # A producer process killed mid-stream (the connection just drops): its two acked chunks stay.
+    killed = subprocess.Popen([sys.executable, "-c", KILLED_PRODUCER, address, TOKEN], cwd=REPO,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert [killed.stdout.readline().strip() for _ in range(2)] == ["6", "6"]
+    finally:
+        killed.kill()
+        killed.wait()
+    acked += [killed_rows(k) for k in range(2)]
     client.close()
     time.sleep(0.5)  # the calls that just ended give their slots back
     # More calls than max_streams (3): the fourth is refused at once, the first three go on.
