@@ -122,9 +122,10 @@ class IngestServer:
             try:
                 rows = self._store(chunk)
             except ray.exceptions.RayError as exc:
-                self._abort(context, ChunkError(f"the replay service is gone ({type(exc).__name__}); "
-                                                f"chunk {message.sequence} may be partly stored",
-                                                grpc.StatusCode.UNAVAILABLE))
+                # A shard died (the run is ending) or failed: some shards may hold their part.
+                self._abort(context, ChunkError(f"the replay service could not store chunk "
+                                                f"{message.sequence} ({type(exc).__name__}); it may "
+                                                f"be partly stored", grpc.StatusCode.UNAVAILABLE))
             stream_rows += rows
             yield pb.Ack(sequence=message.sequence, rows=rows, stream_rows=stream_rows)
 
