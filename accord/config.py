@@ -46,7 +46,8 @@ class EnvConfig(_Section):
 
 
 class ActorConfig(_Section):
-    num_actors: int = Field(2, ge=1, description="Rollout actors, one CPU each (the paper ran 200).")
+    num_actors: int = Field(2, ge=0, description="Rollout actors, one CPU each (the paper ran 200); "
+                                                 "0: none, the run is fed over gRPC alone (replay.grpc.port).")
     unroll_length: int = Field(20, ge=1, description="T: steps per unroll handed to the learner.")
     max_restarts: int = Field(3, ge=0, description="Times Ray restarts a dead rollout actor.")
     unrolls_per_insert: int = Field(
@@ -314,6 +315,9 @@ class ExperimentConfig(_Section):
         if self.replay.grpc.port is not None and not sac:
             raise ValueError("replay.grpc.port: gRPC ingestion feeds the SAC replay table; "
                              f"learner.algorithm is {self.learner.algorithm!r}")
+        if self.actors.num_actors == 0 and self.replay.grpc.port is None:
+            raise ValueError("actors.num_actors: 0 rollout actors leave the run without experience "
+                             "unless producers feed it over gRPC (set replay.grpc.port, SAC)")
         if sac:
             self._check_replay()
         else:

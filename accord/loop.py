@@ -55,6 +55,8 @@ class ActorHealth:
         self._counters: dict[tuple[int, str], tuple[int, int]] = {}
 
     def poll(self, timeout: float = 2.0) -> None:
+        if not self.actors:
+            return
         refs = {a.stats.remote(): i for i, a in enumerate(self.actors)}
         ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
         self.unreachable = len(refs) - len(ready)
@@ -77,7 +79,8 @@ class ActorHealth:
 
     @property
     def all_unreachable(self) -> bool:
-        return self.unreachable == len(self.actors)
+        # No fleet at all (a run fed over gRPC alone) is not a dead one.
+        return bool(self.actors) and self.unreachable == len(self.actors)
 
     def metrics(self) -> dict[str, float]:
         return {"actors/restarts": self.restarts, "actors/unreachable": self.unreachable,

@@ -60,7 +60,7 @@ def shard_settings(cfg, num_tasks: int, shard: int) -> dict:
     if not tasks:
         raise ValueError(f"replay.shards: {cfg.replay.shards} shards for {num_tasks} tasks would leave "
                          f"shard {shard} without a task; use at most {num_tasks}")
-    tasks_per_actor = -(-num_tasks // cfg.actors.num_actors)  # round-robin dealing of tasks
+    tasks_per_actor = -(-num_tasks // max(cfg.actors.num_actors, 1))  # round-robin dealing of tasks
     per_task = cfg.actors.unroll_length * cfg.env.envs_per_actor
     return {"task_ids": tasks,
             "max_insert": per_task * min(tasks_per_actor, len(tasks)),

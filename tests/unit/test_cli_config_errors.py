@@ -80,6 +80,8 @@ CASES = [
     Case("impala_on_pendulum", "env: {kind: gym, tasks: [Pendulum-v1]}\n", (), ("learner.algorithm", "Box")),
     Case("sac_on_cartpole", "env: {kind: gym, tasks: [CartPole-v1]}\nlearner: {algorithm: sac}\n", (),
          ("learner.algorithm", "Discrete")),
+    Case("no_actors_and_no_grpc", "env: {kind: gym, tasks: [Pendulum-v1]}\nlearner: {algorithm: sac}\n",
+         ("actors.num_actors=0",), ("actors.num_actors", "replay.grpc.port")),
     Case("grpc_ingest_on_impala", "", ("replay.grpc.port=50051",), ("replay.grpc.port", "SAC")),
     Case("grpc_beyond_loopback_without_tls", "env: {kind: gym, tasks: [Pendulum-v1]}\nlearner: {algorithm: sac}\n",
          ("replay.grpc.port=50051", "replay.grpc.host=0.0.0.0"), ("replay.grpc", "host", "0.0.0.0", "tls_cert")),

@@ -127,7 +127,7 @@ def test_config_error_is_a_value_error_naming_the_field():
 
 def test_several_errors_are_joined_on_one_line():
     with pytest.raises(ConfigError) as info:
-        config_from_dict({"learner": {"lr": -1, "bogus": 1}, "actors": {"num_actors": 0}})
+        config_from_dict({"learner": {"lr": -1, "bogus": 1}, "actors": {"num_actors": -1}})
     message = str(info.value)
     assert "\n" not in message
     assert "learner.lr" in message and "learner.bogus: unknown field" in message
