@@ -30,3 +30,12 @@ def test_fleet_is_dead_only_after_every_actor_is_silent_for_the_grace_period(mon
     assert not tl._fleet_dead()
     now[0] += loop_module.FLEET_DEAD_SECONDS
     assert tl._fleet_dead()
+
+
+def test_a_run_without_rollout_actors_has_no_dead_fleet():
+    """A run fed over gRPC alone has no actors to poll; that is not a fleet that stopped answering."""
+    from accord.loop import ActorHealth
+
+    health = ActorHealth([])
+    health.poll()
+    assert not health.all_unreachable and health.unreachable == 0
