@@ -21,19 +21,20 @@ install: $(STAMP)
 run: install
 	$(BIN)/accord train $(CONFIG)
 
-# Debian packages the monitoring tests run for real: Prometheus (and promtool) and Chromium
-# (with fonts-dejavu-core, so screenshots have text). Installed only when missing. The tests
-# start their own Prometheus on 127.0.0.1; the package's system service would listen on every
-# interface, so where systemd started it, it is stopped and disabled again.
-SYSTEM_TOOLS := /usr/bin/prometheus /usr/bin/promtool /usr/bin/chromium
+# Debian packages the tests run for real: Prometheus (and promtool) and Chromium (with
+# fonts-dejavu-core, so screenshots have text) for monitoring, redis-server for the durable
+# replay. Installed only when missing. The tests start their own Prometheus and redis-server
+# on 127.0.0.1; the packages' system services would listen on other ports or interfaces, so
+# where systemd started them, they are stopped and disabled again.
+SYSTEM_TOOLS := /usr/bin/prometheus /usr/bin/promtool /usr/bin/chromium /usr/bin/redis-server
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
 	@for tool in $(SYSTEM_TOOLS); do [ -x $$tool ] || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 		$(SUDO) apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends \
-			prometheus chromium fonts-dejavu-core && \
-		{ ! command -v systemctl >/dev/null || $(SUDO) systemctl disable --now prometheus 2>/dev/null || true; }; \
+			prometheus chromium fonts-dejavu-core redis-server && \
+		{ ! command -v systemctl >/dev/null || $(SUDO) systemctl disable --now prometheus redis-server 2>/dev/null || true; }; \
 	fi
 
 test: install system-deps

@@ -100,8 +100,49 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+REDIS_URL_SCHEMES = ("redis", "rediss", "unix")
+
+
+class RedisReplayConfig(_Section):
+    """Where `replay.backend: redis` keeps the replay table (replay/redis_table.py)."""
+    url: str | None = Field(
+        None, description="redis://[:PASSWORD@]HOST:PORT/DB (rediss:// with TLS, unix:///path.sock). "
+                          "None: accord starts its own redis-server on 127.0.0.1 with a generated "
+                          "password and AOF everysec, data in RUN_DIR/redis, stopped with the run. "
+                          "config.yaml keeps this field, so rather give the password in password_env.")
+    password_env: str = Field(
+        "ACCORD_REDIS_PASSWORD", min_length=1,
+        description="Environment variable that holds the password when `url` has none.")
+
+    @model_validator(mode="after")
+    def _url_parses(self) -> "RedisReplayConfig":
+        if self.url is None:
+            return self
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(self.url)
+            parts.port  # raises ValueError on a port that is not a number in 0..65535
+        except ValueError as exc:
+            raise ValueError(f"replay.redis.url: {self.url!r} is not a URL ({exc})") from None
+        if parts.scheme not in REDIS_URL_SCHEMES:
+            raise ValueError(f"replay.redis.url: {self.url!r} must start with redis://, rediss:// or unix://")
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ValueError(f"replay.redis.url: {self.url!r} names no host (redis://HOST:PORT/DB)")
+        db = parts.path.strip("/")
+        if parts.scheme != "unix" and db and not db.isdigit():
+            raise ValueError(f"replay.redis.url: {self.url!r}: the database after the port must be a number, got {db!r}")
+        return self
+
+
 class ReplayConfig(_Section):
     """The replay table of off-policy algorithms (SAC); the FIFO queue serves IMPALA."""
+    backend: Literal["memory", "redis"] = Field(
+        "memory", description="Where the table lives. memory: in the replay actors, lost with them. "
+                              "redis: also in Redis (each insert acknowledged once Redis holds it), so "
+                              "the replay survives the death of the replay actors, the learner and the "
+                              "driver, and `--resume` restarts with it.")
+    redis: RedisReplayConfig = RedisReplayConfig()
     capacity_per_task: int = Field(1_000_000, ge=1, description="Transitions kept per task (a ring buffer each).")
     learning_starts: int = Field(
         1_500, ge=1, description="Transitions per task before the learner samples; until the first "
@@ -119,6 +160,14 @@ class ReplayConfig(_Section):
     shards: int = Field(1, ge=1, description="Replay service actors; tasks are partitioned across them.")
     prefetch: int = Field(2, ge=1, description="Batches the learner keeps in flight, so it rarely waits.")
     grpc: GrpcIngestConfig = Field(GrpcIngestConfig(), description="gRPC ingestion of transitions from producers outside Ray (SAC).")
+
+    @model_validator(mode="after")
+    def _url_needs_redis(self) -> "ReplayConfig":
+        # Otherwise a run meant to be durable would silently keep its replay in memory only.
+        if self.backend != "redis" and self.redis.url is not None:
+            raise ValueError(f"replay.redis.url: set, but replay.backend is {self.backend!r}; "
+                             f"set replay.backend: redis to use it")
+        return self
 
 
 class QueueConfig(_Section):
@@ -321,6 +370,9 @@ class ExperimentConfig(_Section):
         if sac:
             self._check_replay()
         else:
+            if self.replay.backend != "memory":
+                raise ValueError(f"replay.backend: {self.replay.backend!r} keeps SAC's replay table; "
+                                 f"{self.learner.algorithm} trains from the queue (queue.backend)")
             unrolls_per_batch = -(-self.learner.batch_size // self.env.envs_per_actor)
             # The learner waits for a whole batch of unrolls; a queue that cannot hold one batch
             # plus one in-flight insert would block actors and learner forever.

@@ -25,6 +25,7 @@ from accord.errors import UserError
 from accord.console import Console
 from accord.loop import STOP_SIGNALS, RayRoles, RunResult, TrainingLoop
 from accord.metrics import EpisodeTracker, MetricsSink
+from accord.replay_store import open_replay_store
 from accord.run_status import describe_status, driver_facts, read_status, write_status
 from actors.evaluator import EvaluatorActor
 from actors.remote import RolloutActor
@@ -150,6 +151,7 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, address: str | None = None,
     if resume:
         console.log(f"previous run: {describe_status(read_status(run_dir))}")
         restored = _restore(cfg, run_dir, console)  # before Ray: nothing to resume, nothing started
+    replay_store = open_replay_store(cfg, run_dir)  # before Ray: a Redis that fails, nothing started
     watchdog = start_watchdog(run_dir)
     stop = StopRequest(hangup_log=run_dir / "console.log")
     previous: dict = {}
@@ -167,7 +169,7 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, address: str | None = None,
         recorded = True
         previous.update({s: signal.signal(s, stop) for s in STOP_SIGNALS if s not in previous})
         signal.signal(signal.SIGHUP, stop)
-        return _train(cfg, run_dir, restored, console, stop)
+        return _train(cfg, run_dir, restored, console, stop, replay_store.url)
     except KeyboardInterrupt:
         if recorded:
             _record_abort(run_dir, "interrupted", "stopped by a signal during start-up or by a "
@@ -183,6 +185,7 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, address: str | None = None,
             signal.signal(sig, handler)
         if started_ray:
             ray.shutdown()
+        replay_store.close()  # after the replay shards: their last inserts are in its AOF
         watchdog.stdin.close()  # EOF: the watchdog ends what is left of our processes, then exits
         try:
             watchdog.wait(timeout=20)
@@ -247,12 +250,14 @@ class Topology:
             ray.kill(handle, no_restart=True)
 
 
-def start_service(cfg: ExperimentConfig, spec: EnvSpec, run_id: str) -> tuple[list, list[str]]:
-    """IMPALA: one FIFO queue of unroll references; SAC: the replay table's shards."""
+def start_service(cfg: ExperimentConfig, spec: EnvSpec, run_id: str,
+                  replay_url: str | None = None) -> tuple[list, list[str]]:
+    """IMPALA: one FIFO queue of unroll references; SAC: the replay table's shards (kept in the
+    Redis at `replay_url` too, when there is one)."""
     if cfg.learner.algorithm == "sac":
         from replay.sharding import replay_shard_name, start_replay_shards
 
-        shards = start_replay_shards(cfg, spec, run_id)
+        shards = start_replay_shards(cfg, spec, run_id, replay_url)
         return shards, [replay_shard_name(run_id, s) for s in range(len(shards))]
     shards = cfg.queue.shards
     names = [actor_name(run_id, "queue", s if shards > 1 else None) for s in range(shards)]
@@ -260,10 +265,11 @@ def start_service(cfg: ExperimentConfig, spec: EnvSpec, run_id: str) -> tuple[li
 
 
 def start_topology(cfg: ExperimentConfig, run_id: str, checkpoint: str | None = None,
-                   run_dir: Path | None = None) -> Topology:
+                   run_dir: Path | None = None, replay_url: str | None = None) -> Topology:
     """Create every role on the connected Ray cluster; load `checkpoint` into the learner first.
     With a `run_dir`, Ray restarts a dead learner (`learner.max_restarts`) from its newest
-    checkpoint; without one (benchmarks) a dead learner stays dead."""
+    checkpoint; without one (benchmarks) a dead learner stays dead. `replay_url`: the Redis of a
+    durable replay (accord/replay_store.py)."""
     spec = describe(cfg.env.kind, cfg.env.tasks[0], **env_options(cfg))
     check_resources(cfg, ray.cluster_resources())
     has_gpu = ray.cluster_resources().get("GPU", 0) >= 1 and cfg.learner.device != "cpu"
@@ -271,7 +277,7 @@ def start_topology(cfg: ExperimentConfig, run_id: str, checkpoint: str | None = 
     if cpus < cfg.actors.num_actors + 1:
         warnings.warn(f"the cluster has {cpus:.0f} CPUs for {cfg.actors.num_actors} rollout actors "
                       f"and the learner (one each): some actors wait until nodes join")
-    service, service_names = start_service(cfg, spec, run_id)
+    service, service_names = start_service(cfg, spec, run_id, replay_url)
     weights_name = actor_name(run_id, "weights")
     weight_store = WeightStore.options(name=weights_name).remote()
     learner = LearnerActor.options(
@@ -293,11 +299,11 @@ def start_topology(cfg: ExperimentConfig, run_id: str, checkpoint: str | None = 
 
 
 def _train(cfg: ExperimentConfig, run_dir: Path, restored: Restored | None, console: Console,
-           stop: StopRequest) -> RunResult:
+           stop: StopRequest, replay_url: str | None = None) -> RunResult:
     checkpoint, corrupt = None, 0
     if restored is not None:
         checkpoint, corrupt = str(restored.path), len(restored.corrupt)
-    topo = start_topology(cfg, run_dir.name, checkpoint, run_dir)
+    topo = start_topology(cfg, run_dir.name, checkpoint, run_dir, replay_url)
     ingest = _start_ingest(cfg, topo, run_dir, console)  # None unless replay.grpc.port is set
     sink = MetricsSink(run_dir, task=cfg.env.tasks[0] if len(cfg.env.tasks) == 1 else "")
     episodes = EpisodeTracker(cfg.env.tasks)

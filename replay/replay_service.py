@@ -16,6 +16,7 @@ One actor is one shard; replay/sharding.py partitions the tasks and starts them.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Sequence
 
@@ -45,6 +46,8 @@ class ReplayService:
         self.sample_timeouts = 0
         self.blocked_insert_seconds = 0.0
         self.weights_version = -1
+        if table.holds_at_least(learning_starts):  # a durable table that restored its rows
+            self.limiter.reach_min_size()
 
     def set_weights_version(self, version: int) -> None:
         """The learner published `version`: the next insert replies tell the actors. The newest
@@ -112,19 +115,34 @@ class ReplayService:
         }
         for task in self.table.task_ids:
             out[f"replay/size/{task}"] = float(self.table.size(task))
+        out.update(self.table.store_stats())
         return out
+
+
+def make_table(task_ids: Sequence[int], capacity_per_task: int, spec, redis_url: str | None = None,
+               namespace: str | None = None) -> ReplayTable:
+    """The in-memory table, or with `redis_url` the durable one, which starts with what Redis
+    holds under `namespace` for these tasks."""
+    if redis_url is None:
+        return ReplayTable(task_ids, capacity_per_task, spec.obs_shape, spec.obs_dtype, spec.action_dim)
+    from replay.redis_table import RedisReplayTable, redis_client
+
+    return RedisReplayTable(task_ids, capacity_per_task, spec.obs_shape, spec.obs_dtype,
+                            spec.action_dim, redis_client(redis_url), namespace)
 
 
 @ray.remote(num_cpus=0, max_concurrency=1000)
 class ReplayActor:
-    """One shard of the replay service: the tasks `task_ids`, their table and rate limiter."""
+    """One shard of the replay service: the tasks `task_ids`, their table and rate limiter.
+    With `redis_url` the table is the durable one (replay/redis_table.py) under `namespace`."""
 
     def __init__(self, shard: int, task_ids: Sequence[int], spec, capacity_per_task: int,
                  learning_starts: int, samples_per_insert: float | None, tolerance: float,
-                 max_insert: int, max_sample: int, seed: int = 0):
+                 max_insert: int, max_sample: int, seed: int = 0, redis_url: str | None = None,
+                 namespace: str | None = None):
         self.shard = shard
         self.task_ids = list(task_ids)
-        table = ReplayTable(task_ids, capacity_per_task, spec.obs_shape, spec.obs_dtype, spec.action_dim)
+        table = make_table(task_ids, capacity_per_task, spec, redis_url, namespace)
         limiter = SampleToInsertRatio(samples_per_insert, tolerance, max_insert, max_sample)
         self.service = ReplayService(table, limiter, learning_starts, seed=[seed, shard])
 
@@ -142,3 +160,7 @@ class ReplayActor:
 
     async def stats(self) -> dict[str, float]:
         return self.service.stats()
+
+    async def pid(self) -> int:
+        """The actor's process id, for whoever must signal it (tests kill it)."""
+        return os.getpid()

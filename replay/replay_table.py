@@ -106,6 +106,10 @@ class ReplayTable:
     def __len__(self) -> int:
         return sum(ring.size for ring in self._rings.values())
 
+    def store_stats(self) -> dict[str, float]:
+        """Metrics of where the rows are kept; a table in memory has none."""
+        return {}
+
     def holds_at_least(self, n: int) -> bool:
         """Every task of the table holds n transitions (the minimum size before sampling)."""
         return all(self.size(t) >= n for t in self.task_ids)

@@ -90,15 +90,37 @@ def checked_shard_settings(cfg) -> list[dict]:
     return settings
 
 
-def start_replay_shards(cfg, spec, run_id: str) -> list:
+def start_replay_shards(cfg, spec, run_id: str, redis_url: str | None = None) -> list:
     """Create the replay actors `accord:<run_id>:replay:<s>`, one per shard; the handles are in
-    shard order. Settings that could deadlock raise ValueError before any actor starts."""
+    shard order. Settings that could deadlock raise ValueError before any actor starts.
+
+    With `redis_url` (replay.backend: redis) the shards keep their tables in that Redis under
+    `accord:<run_id>:replay` and start with what it holds there. A Redis on loopback is reachable
+    from this node only, so the shards are then placed on this node."""
     from replay.replay_service import ReplayActor  # Ray only here: config checks import this module
 
     settings = checked_shard_settings(cfg)
+    options, extra = {}, ()
+    if redis_url is not None:
+        from replay.redis_table import replay_namespace
+
+        extra = (redis_url, replay_namespace(run_id))
+        if is_loopback_url(redis_url):
+            import ray
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
+                ray.get_runtime_context().get_node_id(), soft=False)
     return [
-        ReplayActor.options(name=replay_shard_name(run_id, shard)).remote(
+        ReplayActor.options(name=replay_shard_name(run_id, shard), **options).remote(
             shard, s["task_ids"], spec, cfg.replay.capacity_per_task, cfg.replay.learning_starts,
             cfg.replay.samples_per_insert, cfg.replay.tolerance, s["max_insert"], s["max_sample"],
-            cfg.run.seed)
+            cfg.run.seed, *extra)
         for shard, s in enumerate(settings)]
+
+
+def is_loopback_url(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.") or urlsplit(url).scheme == "unix"
