@@ -142,7 +142,7 @@ class ReplayConfig(_Section):
                               "redis: also in Redis (each insert acknowledged once Redis holds it), so "
                               "the replay survives the death of the replay actors, the learner and the "
                               "driver, and `--resume` restarts with it.")
-    redis: RedisReplayConfig = RedisReplayConfig()
+    redis: RedisReplayConfig = Field(RedisReplayConfig(), description="The Redis of replay.backend: redis.")
     capacity_per_task: int = Field(1_000_000, ge=1, description="Transitions kept per task (a ring buffer each).")
     learning_starts: int = Field(
         1_500, ge=1, description="Transitions per task before the learner samples; until the first "

@@ -40,7 +40,7 @@ def open_replay_store(cfg, run_dir: Path) -> ReplayStore:
             raise UserError(str(exc)) from None
         return ReplayStore(server.url, server)
     url = with_password(cfg.replay.redis.url, os.environ.get(cfg.replay.redis.password_env))
-    check_reachable(url)
+    check_reachable(url, cfg.replay.redis.password_env)
     return ReplayStore(url)
 
 
@@ -68,14 +68,15 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
-def check_reachable(url: str) -> None:
+def check_reachable(url: str, password_env: str = "ACCORD_REDIS_PASSWORD") -> None:
     import redis
 
     client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
     try:
         client.ping()
     except redis.RedisError as exc:
-        hint = (" (it wants a password: put it in the variable replay.redis.password_env names)"
+        hint = (f" (give its password in ${password_env}, or name another variable in "
+                f"replay.redis.password_env)"
                 if isinstance(exc, redis.AuthenticationError) else "")
         raise UserError(f"replay.redis.url: cannot use Redis at {redacted(url)}: "
                         f"{type(exc).__name__}: {' '.join(str(exc).split())}{hint}") from None

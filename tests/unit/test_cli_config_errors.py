@@ -35,6 +35,7 @@ LAUNCHER = textwrap.dedent("""
 """)
 
 GYM = "env: {kind: gym, tasks: [CartPole-v1]}\nlearner: {model: mlp}\n"
+PENDULUM_SAC = "env: {kind: gym, tasks: [Pendulum-v1], envs_per_actor: 1}\nlearner: {algorithm: sac}\n"
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,14 @@ CASES = [
     Case("grpc_beyond_loopback_without_tls", "env: {kind: gym, tasks: [Pendulum-v1]}\nlearner: {algorithm: sac}\n",
          ("replay.grpc.port=50051", "replay.grpc.host=0.0.0.0"), ("replay.grpc", "host", "0.0.0.0", "tls_cert")),
     Case("grpc_tls_cert_without_key", "", ("replay.grpc.tls_cert=/etc/hostname",), ("replay.grpc", "tls_key")),
+    Case("unknown_replay_backend", PENDULUM_SAC, ("replay.backend=disk",), ("replay.backend", "'memory' or 'redis'")),
+    Case("redis_url_not_redis", PENDULUM_SAC, ("replay.backend=redis", "replay.redis.url=http://h:1"),
+         ("replay.redis.url", "redis://")),
+    Case("redis_url_bad_port", PENDULUM_SAC, ("replay.backend=redis", "replay.redis.url=redis://h:99999/0"),
+         ("replay.redis.url", "99999")),
+    Case("redis_url_without_redis_backend", PENDULUM_SAC, ("replay.redis.url=redis://h:1/0",),
+         ("replay.redis.url", "replay.backend")),
+    Case("redis_replay_for_impala", "", ("replay.backend=redis",), ("replay.backend", "impala")),
     Case("set_without_equals", "", ("learner.lr",), ("--set", "learner.lr", "KEY=VALUE")),
     Case("set_invalid_yaml_value", "", ("learner.lr=[1",), ("--set learner.lr", "not valid YAML")),
     Case("set_into_a_value", "learner: {lr: 0.1}\n", ("learner.lr.x=1",), ("learner.lr.x", "not a section")),

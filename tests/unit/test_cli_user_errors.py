@@ -7,6 +7,7 @@ checked by its own test. Config fields have their own cases in test_cli_config_e
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,7 @@ class Case:
     prefix: str = "error: "
     after: Callable[[Path], None] | None = None  # what must still (or never) be on disk
     needs_no_cuda: bool = False
+    env: tuple[tuple[str, str], ...] = ()  # set for this case; {tmp} is replaced
 
 
 def _no_run_dir_left(tmp: Path) -> None:
@@ -66,6 +68,19 @@ CASES = [
          ("run.root", "cannot create the run directory")),
     Case("train_config_is_a_directory", ("train", "{tmp}/not_a_run"), ("is a directory", "--resume"),
          prefix="config error: "),
+    Case("train_redis_url_unreachable",
+         ("train", "configs/pendulum_sac.yaml", "--set", "run.root={tmp}/runs", "--set", "replay.backend=redis",
+          "--set", "replay.redis.url=redis://127.0.0.1:1/0"),
+         ("replay.redis.url", "cannot use Redis at redis://127.0.0.1:1/0", "refused"), after=_no_run_dir_left),
+    Case("train_redis_password_not_shown",
+         ("train", "configs/pendulum_sac.yaml", "--set", "run.root={tmp}/runs", "--set", "replay.backend=redis",
+          "--set", "replay.redis.url=redis://127.0.0.1:1/0"),
+         ("cannot use Redis at redis://127.0.0.1:1/0",),  # the password went in, and is not shown
+         env=(("ACCORD_REDIS_PASSWORD", "s3cret"),), after=_no_run_dir_left),
+    Case("train_redis_server_not_installed",
+         ("train", "configs/pendulum_sac.yaml", "--set", "run.root={tmp}/runs", "--set", "replay.backend=redis"),
+         ("replay.backend: redis needs redis-server", "replay.redis.url"),
+         env=(("PATH", "{tmp}/empty_bin"),), after=_no_run_dir_left),
     Case("train_unknown_option", ("train", "{tmp}/gym.yaml", "--bogus"), ("accord train", "No such option: --bogus")),
     Case("unknown_command", ("trian",), ("No such command 'trian'", "train")),
     # accord train --resume
@@ -113,6 +128,7 @@ def _make_inputs(tmp: Path) -> None:
     (tmp / "gym.yaml").write_text(GYM + f"run: {{root: {tmp / 'runs'}}}\n")
     (tmp / "notes.txt").write_text("a text file\n")
     (tmp / "not_a_run").mkdir()
+    (tmp / "empty_bin").mkdir()
     for run in ("config_only", "resume_corrupt", "eval_corrupt", "foreign"):
         (tmp / run / "checkpoints").mkdir(parents=True)
         (tmp / run / "config.yaml").write_text(GYM)
@@ -135,8 +151,9 @@ class Outcome:
 
 def _run(case: Case, tmp: Path) -> Outcome:
     argv = [a.replace("{tmp}", str(tmp)) for a in case.argv]
+    env = {**os.environ, **{k: v.replace("{tmp}", str(tmp)) for k, v in case.env}}
     try:
-        proc = subprocess.run([sys.executable, "-m", "accord.cli", *argv], cwd=REPO,
+        proc = subprocess.run([sys.executable, "-m", "accord.cli", *argv], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=300)
     except subprocess.TimeoutExpired as exc:  # this case fails, the others still report
         return Outcome(-1, f"timed out after 300 s; stderr so far: {exc.stderr!r}")
