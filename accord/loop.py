@@ -29,6 +29,11 @@ class LearnerLost(Exception):
 
 class LearnerGone(Exception):
     """The learner is dead for good: its restarts are used up, or it did not come back."""
+
+
+class ServiceLost(Exception):
+    """An actor the learner draws from or publishes to (a queue or replay shard, the weight
+    store) died: nothing is left to train on, though the learner itself lives."""
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -126,7 +131,10 @@ class RayRoles:
             return recovered or {"checkpoint": None, **self.counters()}
 
     def service_stats(self) -> dict:
-        return merge_service_stats(_get([s.stats.remote() for s in self.service]))
+        try:
+            return merge_service_stats(_get([s.stats.remote() for s in self.service]))
+        except ray.exceptions.RayActorError as exc:
+            raise ServiceLost(_first_line(exc)) from exc
 
     @property
     def can_evaluate(self) -> bool:
@@ -152,8 +160,14 @@ def _get(ref):
 
 def _learner_get(ref):
     try:
-        return _get(ref)
-    except ray.exceptions.RayActorError as exc:  # the process died, not the code in it
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:  # raised by the code inside the learner
+        if isinstance(exc.cause, ray.exceptions.RayActorError):  # an actor it called died
+            raise ServiceLost(_first_line(exc.cause)) from exc
+        if isinstance(exc.cause, Exception):
+            raise exc.cause from exc
+        raise
+    except ray.exceptions.RayActorError as exc:  # the learner's own process died
         raise LearnerLost(_first_line(exc)) from exc
 
 
@@ -172,6 +186,7 @@ class TrainingLoop:
         self.learner_restarts = learner_restarts  # from a checkpoint: resumes and Ray's restarts
         self.restarts_in_run = 0  # Ray's restarts of this driver's learner
         self.updates_lost = 0  # seen updates past the checkpoint each restart went back to
+        self.service_lost = False  # a queue/replay shard died: rows go without its stats
         self._silent_since: float | None = None  # when every actor stopped answering
         self.status_failures = 0  # status.json writes that failed (counted, reported once each)
         self.checkpoints: CheckpointSchedule | None = None
@@ -237,6 +252,12 @@ class TrainingLoop:
                     last_log, last_frames, last_updates = now, counters["frames"], counters["updates"]
         except NonFiniteLossError as exc:
             reason, code = f"diverged: {exc}", EXIT_DIVERGED
+        except ServiceLost as exc:
+            self.service_lost = True
+            reason, code = (f"a service actor died ({exc}); nothing is left to train on"
+                            + ("; the replay is kept in Redis for --resume"
+                               if cfg.learner.algorithm == "sac" and cfg.replay.backend == "redis" else "")
+                            ), EXIT_FAILED
         except (LearnerLost, LearnerGone) as exc:  # no restart left, or a death while saving
             learner_alive = False
             reason, code = (f"the learner died ({exc}) and is not coming back after "
@@ -365,7 +386,7 @@ class TrainingLoop:
 
     def _log(self, counters, chunk_metrics, seconds, frames, updates) -> None:
         self.health.poll()
-        service_stats = self.roles.service_stats()
+        service_stats = {} if self.service_lost else self.roles.service_stats()
         eval_metrics, self._eval_metrics = self._eval_metrics, {}  # each evaluation in one row
         row = {
             **chunk_metrics, **service_stats, **self.health.metrics(), **self.episodes.metrics(),

@@ -268,15 +268,16 @@ def test_a_full_disk_stops_the_run_when_no_failure_is_tolerated(tmp_path):
     assert status["checkpoint"] == str(first)
 
 
-def _learner_pid(sid: int) -> int | None:
-    """The learner actor's process in the run's session (Ray titles it ray::LearnerActor...)."""
+def _learner_pid(sid: int, actor_class: str = "LearnerActor") -> int | None:
+    """An actor's process in the run's session (Ray titles it ray::<class>...): the learner's
+    unless another class is named."""
     for line in _session(sid):
         pid = int(line.split()[0])
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if cmdline.startswith(b"ray::LearnerActor"):
+        if cmdline.startswith(f"ray::{actor_class}".encode()):
             return pid
     return None
 
@@ -311,3 +312,27 @@ def test_a_killed_learner_restarts_from_the_newest_checkpoint_and_past_max_resta
     assert "Traceback" not in out, out[-3000:]
     assert _status(run_dir)["state"] == "failed"
     assert _updates(_checkpoints(run_dir)[-1]) > restored_at  # trained on after the restart
+
+
+def test_a_killed_replay_shard_stops_the_run_with_a_checkpoint_and_one_clear_reason(tmp_path):
+    """The learner outlives the shard it samples from: the run says which role died, writes a
+    final checkpoint, exits 1 with the resume command and no traceback."""
+    proc = subprocess.Popen(
+        [ACCORD, "train", "configs/pendulum_sac.yaml", *BASE, "--set", f"run.root={tmp_path}",
+         "--set", "run.progress=false", "--set", "run.eval_every=0", "--set", "replay.learning_starts=100"],
+        cwd=REPO, env=_env(), text=True, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        run_dir = _wait_for(lambda: _run_dir(tmp_path), proc, "run directory")
+        _wait_for(lambda: any(float(r["updates"]) > 0 for r in _rows(run_dir)), proc, "a row with updates")
+        os.kill(_wait_for(lambda: _learner_pid(proc.pid, "ReplayActor"), proc, "the replay shard"), signal.SIGKILL)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        _kill_session(proc.pid)
+    assert proc.returncode == 1, out[-3000:]
+    assert "a service actor died (" in out and "nothing is left to train on" in out
+    assert f"resume with: accord train --resume {run_dir}" in out
+    # The rollout actors print why they exit (Ray prefixes their lines); the driver prints none.
+    assert not [line for line in out.splitlines() if line.startswith("Traceback")], out[-3000:]
+    assert _status(run_dir)["state"] == "failed"
+    assert _updates(_checkpoints(run_dir)[-1]) > 0  # the final checkpoint of the living learner
