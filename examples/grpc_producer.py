@@ -1,8 +1,8 @@
-"""A producer outside Ray: steps gymnasium envs of two of a run's tasks with random actions and
-streams the transitions into the running SAC run over gRPC (ingest/client.py).
+"""A producer outside Ray: steps gymnasium envs of a run's tasks with random actions and streams
+the transitions into the running SAC run over gRPC (ingest/client.py).
 
     .venv/bin/accord train configs/point_goal_sac.yaml --set replay.grpc.port=50051 &
-    .venv/bin/python examples/grpc_producer.py --run-dir runs/point-goal-sac-<stamp> --steps 2000
+    .venv/bin/python examples/grpc_producer.py --run-dir runs/point-goal-sac-<stamp> --steps 500
 
 The run directory gives the address (RUN_DIR/ingest_address) and the token (RUN_DIR/ingest_token,
 or $ACCORD_INGEST_TOKEN when the run was given one); --target and --token-file override them.
@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
 import gymnasium as gym
 import numpy as np
 
@@ -61,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", help="host:port of the ingestion server")
     parser.add_argument("--token-file", type=Path, help="file holding the bearer token")
     parser.add_argument("--tls-ca", type=Path, help="PEM certificate that signed the server's (TLS servers)")
-    parser.add_argument("--tasks", nargs="+", help="task names of the run to feed (default: its first two)")
+    parser.add_argument("--tasks", nargs="+", help="task names of the run to feed (default: all of them; a run without rollout "
+                             "actors samples only once every task holds replay.learning_starts rows)")
     parser.add_argument("--steps", type=int, default=1000, help="steps of each env (rows per task: steps x envs)")
     parser.add_argument("--envs", type=int, default=4, help="envs per task")
     parser.add_argument("--chunk-steps", type=int, default=25, help="steps of every env per chunk")
@@ -73,8 +75,18 @@ def main(argv: list[str] | None = None) -> int:
     token_file = args.token_file or args.run_dir / "ingest_token"
     root = args.tls_ca.read_bytes() if args.tls_ca else None
     client = IngestClient(target, token_file.read_text().strip(), root_certificates=root)
+    try:
+        return _produce(args, client)
+    except grpc.RpcError as exc:  # the run ended, or refused a chunk: say which, no traceback
+        print(f"{target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+
+
+def _produce(args, client: IngestClient) -> int:
     spec = client.describe(timeout=60)
-    names = args.tasks or list(spec.tasks[:2])
+    names = args.tasks or list(spec.tasks)
     unknown = [n for n in names if n not in spec.tasks]
     if unknown:
         print(f"--tasks: {unknown} are not tasks of this run ({list(spec.tasks)})", file=sys.stderr)
@@ -94,7 +106,6 @@ def main(argv: list[str] | None = None) -> int:
                                        rows["terminated"], rows["truncated"],
                                        episodes=np.asarray(episodes, dtype=np.float64).reshape(-1, 4))
         steps += t_chunk
-    client.close()
     seconds = time.monotonic() - start
     print(json.dumps({"acked": acked, "seconds": round(seconds, 2),
                       "rows_per_s": round(sum(acked.values()) / seconds, 1)}))
