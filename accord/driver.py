@@ -285,7 +285,9 @@ def start_topology(cfg: ExperimentConfig, run_id: str, checkpoint: str | None = 
         max_restarts=cfg.learner.max_restarts if run_dir is not None else 0, max_task_retries=0,
     ).remote(cfg, spec, service_names, weights_name, None if run_dir is None else str(run_dir))
     if checkpoint is not None:
-        ray.get(learner.load.remote(checkpoint))
+        frames = ray.get(learner.load.remote(checkpoint))["frames"]
+        if cfg.learner.algorithm == "sac":  # its frames are the replay's inserts: count on
+            ray.get(service[0].count_earlier_inserts.remote(frames))
     # Actors wait for these weights, so no experience from unpublished weights is produced.
     ray.get(learner.publish.remote())
     actors = [

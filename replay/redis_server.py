@@ -89,7 +89,12 @@ def start_redis_server(data_dir: Path, executable: str = "redis-server") -> Redi
         process.stdin.write(server_config(data_dir, port, password).encode())
         process.stdin.close()
         server = RedisServer(process, port, password, data_dir)
-        if _wait_ready(server):
+        try:
+            ready = _wait_ready(server)
+        except BaseException:  # Ctrl-C while it loads, a broken client: no server left behind
+            server.stop()
+            raise
+        if ready:
             return server
         server.stop()
     log = data_dir / "redis.log"

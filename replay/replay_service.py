@@ -46,8 +46,14 @@ class ReplayService:
         self.sample_timeouts = 0
         self.blocked_insert_seconds = 0.0
         self.weights_version = -1
+        self.inserted_before = 0  # env frames of the run's earlier starts (see count_earlier_inserts)
         if table.holds_at_least(learning_starts):  # a durable table that restored its rows
             self.limiter.reach_min_size()
+
+    def count_earlier_inserts(self, frames: int) -> None:
+        """A resumed run's frames so far: the `inserted` this shard hands the learner (its env
+        frames, run.total_frames' measure) counts on from them, not from 0. One shard only."""
+        self.inserted_before = int(frames)
 
     def set_weights_version(self, version: int) -> None:
         """The learner published `version`: the next insert replies tell the actors. The newest
@@ -96,7 +102,7 @@ class ReplayService:
             batch["episodes"] = (np.concatenate(self._episodes) if self._episodes
                                  else np.zeros((0, 4), dtype=np.float64))
             self._episodes = []
-            batch["inserted"] = self.limiter.inserted
+            batch["inserted"] = self.inserted_before + self.limiter.inserted
             self._changed.notify_all()
             return batch
 
@@ -154,6 +160,9 @@ class ReplayActor:
 
     async def sample(self, batch_per_task: int, timeout: float | None = None) -> dict | None:
         return await self.service.sample(batch_per_task, timeout)
+
+    async def count_earlier_inserts(self, frames: int) -> None:
+        self.service.count_earlier_inserts(frames)
 
     async def set_weights_version(self, version: int) -> None:
         self.service.set_weights_version(version)

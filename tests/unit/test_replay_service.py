@@ -154,3 +154,17 @@ def test_insert_replies_carry_the_newest_published_weights_version():
         assert (await service.insert(chunk(0)))["weights_version"] == 3
 
     asyncio.run(scenario())
+
+
+def test_a_resumed_run_counts_its_frames_on_from_the_checkpoint():
+    """The learner's env frames are the inserts the samples report; after a resume they go on
+    from the checkpoint's frames, so run.total_frames stays the whole run's budget."""
+    async def scenario():
+        service = make_service(learning_starts=1)
+        service.count_earlier_inserts(1000)
+        await service.insert(transition_chunk(range(6), [0, 0, 0, 2, 2, 2]))
+        batch = await service.sample(1, timeout=1.0)
+        assert batch["inserted"] == 1006
+        assert service.stats()["replay/inserted"] == 6  # this start's inserts, for the rate limit
+
+    asyncio.run(scenario())
