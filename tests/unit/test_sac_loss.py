@@ -101,3 +101,26 @@ def test_mismatched_shapes_are_named():
         critic_loss(x, x, torch.zeros(5), x.bool(), x, x, x, torch.tensor(1.0), discount=0.9)
     with pytest.raises(ValueError, match="log_alpha"):
         alpha_loss(torch.zeros(2), x, -1.0)
+
+
+def test_stats_are_the_means_of_q_the_target_and_alpha():
+    b = _rows(seed=4)
+    alpha = torch.tensor(ALPHAS[0], dtype=torch.float64)
+    got = critic_loss(b["q1"][0], b["q2"][0], b["reward"][0], b["terminated"][0],
+                      b["next_q1"][0], b["next_q2"][0], b["next_log_prob"][0], alpha,
+                      discount=GAMMA)                 # reward_scale left at its default, 1
+    soft_v = torch.minimum(b["next_q1"][0], b["next_q2"][0]) - ALPHAS[0] * b["next_log_prob"][0]
+    y = b["reward"][0] + GAMMA * (~b["terminated"][0]).double() * soft_v
+    assert got["stats/target"].item() == pytest.approx(y.mean().item(), abs=1e-12)
+    assert got["stats/q1"].item() == pytest.approx(b["q1"][0].mean().item(), abs=1e-12)
+    assert got["stats/q2"].item() == pytest.approx(b["q2"][0].mean().item(), abs=1e-12)
+    got = alpha_loss(torch.tensor(math.log(ALPHAS[2]), dtype=torch.float64), b["log_prob"][0], H_BAR)
+    assert got["stats/alpha"].item() == pytest.approx(ALPHAS[2], rel=1e-12)
+
+
+def test_rows_must_be_one_dimensional():
+    x = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match=r"must all be \[n\].*'log_prob': \(2, 3\)"):
+        actor_loss(x, x, x, torch.tensor(1.0))
+    with pytest.raises(ValueError, match=r"one task's scalar, got shape \(2,\)"):
+        alpha_loss(torch.zeros(2), torch.zeros(4), -1.0)
