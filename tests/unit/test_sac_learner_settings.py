@@ -122,3 +122,29 @@ def test_bad_specs_and_batches_are_named_in_full():
     with pytest.raises(ValueError, match=r"^SAC batch must be task-major \[K=3, n, \.\.\.\] with "
                                          r"obs dim 7 and action dim 2; got shapes"):
         learner.update(b)
+
+
+@pytest.mark.parametrize("model, combiner, heads_in_pass", [
+    ("multihead", "pcgrad", True),    # output heads: at most double G[K, ·]
+    ("dgrad_a", "pcgrad", False),     # K task networks: K² n² numbers per layer in one pass
+    ("dgrad_a", "sum", True),         # fixed weights: one backward of Σ_k J_k, no G at all
+    ("mtsac", "pcgrad", False),       # no task parameters
+])
+def test_which_task_parameters_ride_in_the_vmapped_pass(monkeypatch, model, combiner,
+                                                        heads_in_pass):
+    import learner.sac.learner as sac_learner
+    passed, real = [], sac_learner.apply_task_split
+
+    def recording(*args, **kwargs):
+        passed.append(args[5])
+        return real(*args, **kwargs)
+    monkeypatch.setattr(sac_learner, "apply_task_split", recording)
+    learner = _learner(model, combiner)
+    before = copy.deepcopy(learner)
+    learner.update(_batch(7))
+    assert [p is not None for p in passed] == [heads_in_pass] * 2     # critic, actor
+    for net in ("critic", "actor"):     # every task parameter still got its gradient
+        for ps in getattr(learner, net).task_parameters():
+            for p in ps:
+                assert p.grad is not None and p.grad.abs().sum() > 0
+    assert _moves(before.actor, learner.actor) > 0
