@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from learner.sac.loss import actor_loss, alpha_loss, critic_loss
+from learner.sac.loss import actor_loss, alpha_loss, critic_loss, td_target
 
 GAMMA, SCALE, H_BAR = 0.99, 0.1, -4.0
 ALPHAS = [0.5, 0.05, 2.0]            # one temperature per task
@@ -124,3 +124,29 @@ def test_rows_must_be_one_dimensional():
         actor_loss(x, x, x, torch.tensor(1.0))
     with pytest.raises(ValueError, match=r"one task's scalar, got shape \(2,\)"):
         alpha_loss(torch.zeros(2), torch.zeros(4), -1.0)
+
+
+_ROW_ARGS = {
+    td_target: ["reward", "terminated", "next_q1", "next_q2", "next_log_prob"],
+    critic_loss: ["q1", "q2", "reward", "terminated", "next_q1", "next_q2", "next_log_prob"],
+    actor_loss: ["log_prob", "q1", "q2"],
+}
+
+
+@pytest.mark.parametrize("fn, odd", [(fn, name) for fn, names in _ROW_ARGS.items()
+                                     for name in names])
+def test_every_row_input_is_shape_checked(fn, odd):
+    """One input of a single row would broadcast silently; it must be named instead."""
+    names = _ROW_ARGS[fn]
+    args = [torch.zeros(1 if name == odd else 4, dtype=torch.bool if name == "terminated"
+                        else torch.float32) for name in names]
+    kwargs = {"discount": 0.9} if fn is not actor_loss else {}
+    with pytest.raises(ValueError, match=rf"one task's rows.*'{odd}': \(1,\)"):
+        fn(*args, torch.tensor(0.5), **kwargs)
+
+
+def test_td_target_defaults_to_unscaled_rewards():
+    reward, zero = torch.tensor([1.5, -2.0]), torch.zeros(2)
+    y = td_target(reward, torch.ones(2, dtype=torch.bool), zero, zero, zero, torch.tensor(1.0),
+                  discount=0.9)
+    assert y.tolist() == [1.5, -2.0]
