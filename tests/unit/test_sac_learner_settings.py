@@ -22,12 +22,25 @@ def test_each_optimizer_takes_its_own_learning_rate():
     """Adam's first step moves every parameter with a gradient by its lr (|m̂ / √v̂| = 1)."""
     learner = _learner(critic_lr=0.02, actor_lr=0.005, alpha_lr=0.03)
     before = copy.deepcopy(learner)
-    learner.update(_batch(1))
+    metrics = learner.update(_batch(1))
     assert _moves(before.critic, learner.critic) == pytest.approx(0.02, rel=1e-3)
     assert _moves(before.actor, learner.actor) == pytest.approx(0.005, rel=1e-3)
     assert (learner.log_alpha - before.log_alpha).abs().tolist() == pytest.approx([0.03] * K,
                                                                                  rel=1e-3)
     assert not any(p.requires_grad for p in learner.critic_target.parameters())
+    for net in ("critic", "actor"):     # the norm of the gradient the step applied
+        grads = [p.grad.flatten() for p in getattr(learner, net).parameters()]
+        assert metrics[f"learner/grad_norm/{net}"] == pytest.approx(
+            torch.linalg.vector_norm(torch.cat(grads)).item(), rel=1e-5)
+
+
+def test_a_nonfinite_critic_step_names_the_critic():
+    learner = _learner()
+    learner.nonfinite.max_run = 1
+    bad = _batch(7)
+    bad["reward"][0, 1] = np.nan
+    with pytest.raises(NonFiniteLossError, match=r"\(last: critic losses \[nan, "):
+        learner.update(bad)
 
 
 def test_initial_temperature_and_an_explicit_entropy_target():
@@ -67,10 +80,13 @@ def test_a_batch_of_one_row_per_task_is_enough():
 def test_a_nonfinite_actor_step_keeps_the_critic_step_and_skips_the_rest():
     """A critic lr of 1e37 makes the updated critics overflow: J_Q was finite, J_π is not."""
     learner = _learner(critic_lr=1e37)
-    learner.nonfinite.max_run = 1
     before = copy.deepcopy(learner)
+    stopping = copy.deepcopy(learner)
+    metrics = learner.update(_batch(5))
+    assert metrics["learner/nonfinite_total"] == 1 and "loss/critic/t0" in metrics
+    stopping.nonfinite.max_run = 1
     with pytest.raises(NonFiniteLossError, match=r"\(last: actor losses \[.*\], gradient"):
-        learner.update(_batch(5))
+        stopping.update(_batch(5))
     assert _moves(before.critic, learner.critic) > 1e30             # the critic step stays
     assert _moves(before.actor, learner.actor) == 0
     assert _moves(before.critic_target, learner.critic_target) == 0
