@@ -113,6 +113,8 @@ def test_a_nonfinite_alpha_step_keeps_the_critic_and_actor_steps():
 def test_a_checkpoint_restores_every_counter():
     learner = _learner()
     state = learner.state_dict()
+    assert state["counters"] == {"updates": 0, "frames": 0, "nonfinite_total": 0,
+                                 "nonfinite_run": 0}
     state["counters"] = {"updates": 7, "frames": 1234, "nonfinite_total": 5, "nonfinite_run": 2}
     fresh = _learner()
     fresh.load_state_dict(state)
@@ -136,8 +138,23 @@ def test_bad_specs_and_batches_are_named_in_full():
     b = _batch(0)
     b["reward"] = b["reward"][:, 0]
     with pytest.raises(ValueError, match=r"^SAC batch must be task-major \[K=3, n, \.\.\.\] with "
-                                         r"obs dim 7 and action dim 2; got shapes"):
+                                         r"obs dim 7 and action dim 2; got shapes \{'obs': "
+                                         r"\(3, 4, 7\), "):
         learner.update(b)
+    b = {k: v[:, :0] if k in ("obs", "action", "reward", "next_obs", "terminated", "truncated")
+         else v for k, v in _batch(0).items()}                     # no rows at all
+    with pytest.raises(ValueError, match=r"got shapes \{'reward': torch.Size\(\[3, 0\]\)\}$"):
+        learner.update(b)
+
+
+def test_both_combiners_take_the_configured_options():
+    cfg = _cfg(combiner="pcgrad")
+    combiner = cfg.learner.combiner.model_copy(update={"options": {"seed": 7, "reduction": "mean"}})
+    cfg = cfg.model_copy(update={"learner": cfg.learner.model_copy(update={"combiner": combiner})})
+    learner = SacLearner(cfg, SPEC_ONE)
+    for c in (learner.critic_combiner, learner.actor_combiner):
+        assert (c.seed, c.reduction) == (7, "mean")
+    assert learner.critic_combiner is not learner.actor_combiner
 
 
 @pytest.mark.parametrize("model, combiner, heads_in_pass", [
