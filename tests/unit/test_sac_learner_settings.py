@@ -73,7 +73,8 @@ def test_q_mean_is_the_mean_of_both_critics_over_all_rows():
 def test_a_batch_of_one_row_per_task_is_enough():
     learner = _learner("multihead", "pcgrad")
     metrics = learner.update(_batch(4, n=1))
-    assert learner.updates == 1
+    learner.update(_batch(5, n=1))
+    assert learner.updates == 2
     assert {"combiner/critic/pcgrad/conflicts", "combiner/actor/pcgrad/conflicts"} <= set(metrics)
 
 
