@@ -13,6 +13,8 @@ from learner.algorithm import NonFiniteLossError
 from learner.sac.learner import SacLearner
 from tests.unit.test_sac_learner import A, D, K, _batch, _cfg, _learner
 
+SPEC_ONE = EnvSpec((D,), np.dtype(np.float32), action_dim=A)
+
 
 def _moves(before, after):
     return max((p - q).abs().max().item() for p, q in zip(after.parameters(), before.parameters()))
@@ -55,8 +57,6 @@ def test_initial_temperature_and_an_explicit_entropy_target():
         expected = -math.log(0.2) * (-metrics[f"sac/entropy/t{k}"] + h_bar)
         assert metrics[f"loss/alpha/t{k}"] == pytest.approx(expected, rel=1e-5)
 
-
-SPEC_ONE = EnvSpec((D,), np.dtype(np.float32), action_dim=A)
 
 
 def test_q_mean_is_the_mean_of_both_critics_over_all_rows():
