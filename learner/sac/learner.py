@@ -206,10 +206,10 @@ class SacLearner:
                         for t, v in zip(self.tasks, terms["alpha"].detach().tolist())})
         self.alpha_optimizer.zero_grad(set_to_none=True)
         terms["alpha"].sum().backward()      # Σ_k: log α_k only sees task k's term
-        if not torch.isfinite(self.log_alpha.grad).all():
+        alpha_grad = self.log_alpha.grad     # read before zero_grad clears it
+        if not torch.isfinite(alpha_grad).all():
             self.alpha_optimizer.zero_grad(set_to_none=True)
-            return self._skip_nonfinite(metrics, "alpha", terms["alpha"].detach(),
-                                        self.log_alpha.grad)
+            return self._skip_nonfinite(metrics, "alpha", terms["alpha"].detach(), alpha_grad)
         self.alpha_optimizer.step()
 
         # ---- target critics: Q̄ <- (1 − τ) Q̄ + τ Q

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from learner.sac.loss import actor_loss, alpha_loss, critic_loss
+from learner.sac.loss import actor_loss, alpha_loss, critic_loss, td_target
 
 GAMMA, SCALE, H_BAR = 0.99, 0.1, -4.0
 ALPHAS = [0.5, 0.05, 2.0]            # one temperature per task
@@ -101,3 +101,52 @@ def test_mismatched_shapes_are_named():
         critic_loss(x, x, torch.zeros(5), x.bool(), x, x, x, torch.tensor(1.0), discount=0.9)
     with pytest.raises(ValueError, match="log_alpha"):
         alpha_loss(torch.zeros(2), x, -1.0)
+
+
+def test_stats_are_the_means_of_q_the_target_and_alpha():
+    b = _rows(seed=4)
+    alpha = torch.tensor(ALPHAS[0], dtype=torch.float64)
+    got = critic_loss(b["q1"][0], b["q2"][0], b["reward"][0], b["terminated"][0],
+                      b["next_q1"][0], b["next_q2"][0], b["next_log_prob"][0], alpha,
+                      discount=GAMMA)                 # reward_scale left at its default, 1
+    soft_v = torch.minimum(b["next_q1"][0], b["next_q2"][0]) - ALPHAS[0] * b["next_log_prob"][0]
+    y = b["reward"][0] + GAMMA * (~b["terminated"][0]).double() * soft_v
+    assert got["stats/target"].item() == pytest.approx(y.mean().item(), abs=1e-12)
+    assert got["stats/q1"].item() == pytest.approx(b["q1"][0].mean().item(), abs=1e-12)
+    assert got["stats/q2"].item() == pytest.approx(b["q2"][0].mean().item(), abs=1e-12)
+    got = alpha_loss(torch.tensor(math.log(ALPHAS[2]), dtype=torch.float64), b["log_prob"][0], H_BAR)
+    assert got["stats/alpha"].item() == pytest.approx(ALPHAS[2], rel=1e-12)
+
+
+def test_rows_must_be_one_dimensional():
+    x = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match=r"must all be \[n\].*'log_prob': \(2, 3\)"):
+        actor_loss(x, x, x, torch.tensor(1.0))
+    with pytest.raises(ValueError, match=r"one task's scalar, got shape \(2,\)"):
+        alpha_loss(torch.zeros(2), torch.zeros(4), -1.0)
+
+
+_ROW_ARGS = {
+    td_target: ["reward", "terminated", "next_q1", "next_q2", "next_log_prob"],
+    critic_loss: ["q1", "q2", "reward", "terminated", "next_q1", "next_q2", "next_log_prob"],
+    actor_loss: ["log_prob", "q1", "q2"],
+}
+
+
+@pytest.mark.parametrize("fn, odd", [(fn, name) for fn, names in _ROW_ARGS.items()
+                                     for name in names])
+def test_every_row_input_is_shape_checked(fn, odd):
+    """One input of a single row would broadcast silently; it must be named instead."""
+    names = _ROW_ARGS[fn]
+    args = [torch.zeros(1 if name == odd else 4, dtype=torch.bool if name == "terminated"
+                        else torch.float32) for name in names]
+    kwargs = {"discount": 0.9} if fn is not actor_loss else {}
+    with pytest.raises(ValueError, match=rf"one task's rows.*'{odd}': \(1,\)"):
+        fn(*args, torch.tensor(0.5), **kwargs)
+
+
+def test_td_target_defaults_to_unscaled_rewards():
+    reward, zero = torch.tensor([1.5, -2.0]), torch.zeros(2)
+    y = td_target(reward, torch.ones(2, dtype=torch.bool), zero, zero, zero, torch.tensor(1.0),
+                  discount=0.9)
+    assert y.tolist() == [1.5, -2.0]
