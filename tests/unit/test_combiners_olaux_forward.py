@@ -301,3 +301,19 @@ def test_weights_from_dots_names_its_stats_and_its_errors():
         ol.weights_from_dots([0.5, -0.25], None)
     with pytest.raises(ValueError, match=r"shape \[3\] \(main, then the 2 aux terms\)"):
         ol.weights_from_dots(vec(0.5, -0.25), vec(1.0, 1.0))
+
+
+def test_a_float64_direction_on_float32_parameters_and_the_messages_of_bad_input():
+    """The direction takes the parameters' dtype (jvp refuses a mismatch); an empty direction
+    and a loss function that returns no 1-D tensor are named as such."""
+
+    w = torch.tensor([1.0, 2.0])
+    losses = lambda p: torch.stack([(p["w"] ** 2).sum(), p["w"].sum()])  # noqa: E731
+    values, dots = directional_derivatives(losses, {"w": w}, {"w": torch.tensor([1.0, 0.5], dtype=torch.float64)})
+    assert dots.dtype == torch.float32 and dots.tolist() == pytest.approx([2 * 1.0 + 4 * 0.5, 1.5])
+    with pytest.raises(ValueError, match="^no tangents given: the direction v is empty$"):
+        directional_derivatives(losses, {"w": w}, {})
+    with pytest.raises(ValueError, match=r"^fn must return a 1-D tensor of losses, got torch.Size\(\[\]\)$"):
+        directional_derivatives(lambda p: p["w"].sum(), {"w": w}, {"w": torch.ones(2)})
+    with pytest.raises(ValueError, match="^fn must return a 1-D tensor of losses, got <class 'tuple'>$"):
+        directional_derivatives(lambda p: (p["w"].sum(),), {"w": w}, {"w": torch.ones(2)})
