@@ -153,9 +153,15 @@ def _get(ref):
     try:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as exc:
-        if isinstance(exc.cause, Exception):
-            raise exc.cause from exc
-        raise
+        _raise_cause(exc)
+
+
+def _raise_cause(exc: ray.exceptions.RayTaskError):
+    """The exception the task itself raised, chained to Ray's wrapper (which is raised when the
+    cause is no Exception)."""
+    if isinstance(exc.cause, Exception):
+        raise exc.cause from exc
+    raise exc
 
 
 def _learner_get(ref):
@@ -164,9 +170,7 @@ def _learner_get(ref):
     except ray.exceptions.RayTaskError as exc:  # raised by the code inside the learner
         if isinstance(exc.cause, ray.exceptions.RayActorError):  # an actor it called died
             raise ServiceLost(_first_line(exc.cause)) from exc
-        if isinstance(exc.cause, Exception):
-            raise exc.cause from exc
-        raise
+        _raise_cause(exc)
     except ray.exceptions.RayActorError as exc:  # the learner's own process died
         raise LearnerLost(_first_line(exc)) from exc
 

@@ -21,11 +21,11 @@ import threading
 import time
 import traceback
 import uuid
-import warnings
 
 import ray
 import torch
 
+from accord.actor_restart import restarted_by_ray
 from actors.rollout import RolloutWorker
 from actors.transitions import TransitionWorker
 
@@ -81,10 +81,7 @@ class RolloutActor:
         self.weight_store = ray.get_actor(weight_store_name)
         # A fresh id per incarnation lets the driver count restarts.
         self.incarnation = uuid.uuid4().hex
-        with warnings.catch_warnings():  # Ray 2.60 reads a deprecated property inside it
-            warnings.simplefilter("ignore", DeprecationWarning)
-            restarted = ray.get_runtime_context().was_current_actor_reconstructed
-        reseed = int.from_bytes(os.urandom(4), "little") if restarted else 0
+        reseed = int.from_bytes(os.urandom(4), "little") if restarted_by_ray() else 0
         self.worker = (TransitionWorker if sac else RolloutWorker)(cfg, actor_index, spec, reseed)
         self.weight_fetches = 0
         # The driver publishes before it creates the actors, and a restarted actor finds the

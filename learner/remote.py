@@ -13,12 +13,11 @@ its own actors and keeps its data.
 """
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import ray
 import torch
 
+from accord.actor_restart import restarted_by_ray
 from learner.algorithm import build_algorithm, build_source
 from learner.checkpoint import load_checkpoint, load_latest, save_checkpoint
 from learner.worker import LearnerWorker
@@ -51,10 +50,7 @@ class LearnerActor:
         self.worker = LearnerWorker(self.learner, self.source, cfg.learner.publish_every,
                                     publish_weights=self._publish_weights, fetch=ray.get)
         self.recovered: dict | None = None  # set in a process that Ray restarted
-        with warnings.catch_warnings():  # Ray 2.60 reads a deprecated property inside it
-            warnings.simplefilter("ignore", DeprecationWarning)
-            restarted = ray.get_runtime_context().was_current_actor_reconstructed
-        if restarted and run_dir is not None:
+        if restarted_by_ray() and run_dir is not None:
             self.recovered = self._recover(run_dir)
 
     def _recover(self, run_dir: str) -> dict:
