@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from accord.config import to_yaml
+from accord.config import config_from_dict, to_yaml
 from envs import EnvSpec
 from learner.aux import build_aux_terms
 from learner.aux.autoencoder import _FrameDecoder
@@ -125,6 +125,18 @@ def test_a_recorded_teacher_uses_no_head_and_distill_keeps_nothing_in_checkpoint
     assert term.teacher_head.tolist() == [0, 0] and term.distilled.tolist() == [False, True]
     # Both buffers follow the student's task list, which a resumed run may change.
     assert term.state_dict() == {}
+
+
+def test_a_distill_terms_tasks_option_reaches_the_term():
+    cfg = config_from_dict({
+        "env": {"kind": "gridworld", "tasks": ["world-1-main", "world-2-main"], "envs_per_actor": 3},
+        "actors": {"num_actors": 1, "unroll_length": T},
+        "learner": {"batch_size": 3,
+                    "aux": {"distill": {"teacher": "q_aux", "tasks": ["world-2-main"]}}},
+    })
+    spec = EnvSpec((243,), np.dtype(np.float32), num_actions=4)
+    term = build_aux_terms(cfg, spec, 64, torch.device("cpu"))["distill"]
+    assert term.distilled.tolist() == [False, True]
 
 
 def test_each_term_is_built_under_its_config_name():

@@ -182,3 +182,19 @@ def test_which_task_parameters_ride_in_the_vmapped_pass(monkeypatch, model, comb
             for p in ps:
                 assert p.grad is not None and p.grad.abs().sum() > 0
     assert _moves(before.actor, learner.actor) > 0
+
+
+@pytest.mark.parametrize("net", ["critic", "actor"])
+def test_a_finite_loss_with_an_infinite_gradient_is_skipped(net):
+    """A finite J with a non-finite ∇J (here an overflowing hook on one weight) skips the step:
+    both must be finite for the optimizer to step."""
+    learner = _learner()
+    weight = next(getattr(learner, net).parameters())
+    weight.register_hook(lambda g: torch.full_like(g, math.inf))
+    before = copy.deepcopy(learner)
+    learner.nonfinite.max_run = 2
+    metrics = learner.update(_batch(8))
+    assert metrics["learner/nonfinite_total"] == 1 and learner.updates == 0
+    assert math.isinf(metrics[f"learner/grad_norm/{net}"])
+    assert all(math.isfinite(v) for k, v in metrics.items() if k.startswith(f"loss/{net}/"))
+    assert _moves(getattr(before, net), getattr(learner, net)) == 0
