@@ -109,8 +109,15 @@ def actor_task_ids(num_tasks: int, num_actors: int, actor_index: int) -> list[in
 
 
 def actor_seed(cfg, actor_index: int, reseed: int = 0) -> int:
-    # `reseed` differs for a restarted actor, so it does not replay its first episodes.
-    return (cfg.run.seed * 100_003 + actor_index + reseed * 7_919) % 2**31
+    """The seed of one actor's envs and action sampling. Its env copies reset with seed + j for
+    j below its number of copies (envs/multitask.py), so actors are spaced by the most copies
+    one holds: no two env copies of a fleet share a seed. `reseed` (how often Ray restarted
+    the actor) moves a restarted actor past the whole fleet's seeds, so it does not replay its
+    first episodes."""
+    num_actors = max(cfg.actors.num_actors, 1)
+    copies = cfg.env.envs_per_actor * len(actor_task_ids(len(cfg.env.tasks), num_actors, 0))
+    slot = reseed * num_actors + actor_index
+    return (cfg.run.seed * 100_003 + slot * copies) % 2**31
 
 
 def make_actor_env(cfg, actor_index: int, seed: int):

@@ -14,12 +14,13 @@ from envs import EpisodeStats, describe
 from tests.support.scripted_env import SEED_MOD, TASK
 
 T, M, RUN_SEED = 6, 3, 5
+NUM_ACTORS = 4     # one task each: actor i's M env copies come after actor i-1's
 
 
 def make_worker(actor_index: int = 0, reseed: int = 0, tasks=(TASK,), heads: bool = False):
     cfg = config_from_dict({
         "env": {"kind": "gym", "tasks": list(tasks), "envs_per_actor": M},
-        "actors": {"num_actors": len(tasks), "unroll_length": T},
+        "actors": {"num_actors": NUM_ACTORS, "unroll_length": T},
         "learner": {"model": "mlp", "batch_size": M, "per_task_heads": heads},
         "run": {"seed": RUN_SEED},
     })
@@ -32,8 +33,8 @@ def random_weights(worker, seed: int) -> dict[str, np.ndarray]:
             for k, v in worker.model.state_dict().items()}
 
 
-def env_seed(actor_index: int, reseed: int) -> int:
-    return (RUN_SEED * 100_003 + actor_index + reseed * 7_919) % 2**31
+def env_seed(actor_index: int, reseed: int, run_seed: int = RUN_SEED) -> int:
+    return (run_seed * 100_003 + (reseed * NUM_ACTORS + actor_index) * M) % 2**31
 
 
 def test_each_step_records_the_obs_action_reward_and_logits_of_that_step():
@@ -158,7 +159,7 @@ def test_seeds_wrap_into_int32_for_large_run_seeds():
     # 30_000 * 100_003 lies in [2**31, 2**32): a wrap at 2**32 (or none) would keep it.
     big = config_from_dict({**worker.cfg.model_dump(), "run": {"seed": 30_000}})
     u = RolloutWorker(big, 1, describe("gym", TASK), 2).unroll()
-    seed = (30_000 * 100_003 + 1 + 2 * 7_919) % 2**31
+    seed = env_seed(1, 2, run_seed=30_000)
     np.testing.assert_array_equal(u["obs"][0, :, 0], (seed + np.arange(M)) % SEED_MOD)
     assert worker.actor_index == 1
 
@@ -203,3 +204,10 @@ def test_atari_options_reach_the_env():
         assert worker.env.num_actions == 18  # the full action space, not Pong's 6
     finally:
         worker.close()
+
+
+def test_no_two_env_copies_of_a_fleet_share_a_seed_across_actors_and_restarts():
+    seeds = [make_worker(actor_index=i, reseed=r).unroll()["obs"][0, :, 0]
+             for i in range(NUM_ACTORS) for r in range(3)]
+    flat = np.concatenate(seeds).astype(int).tolist()
+    assert len(flat) == NUM_ACTORS * 3 * M and len(set(flat)) == len(flat)
