@@ -107,25 +107,42 @@ def test_max_steps_caps_the_agent_steps_of_a_task():
     some = evaluate_policy(impala_cfg(), act, episodes=4, seed=2, max_steps=8)[TASK]
     lengths = [episode_length(int(s) % SEED_MOD, 0) for s in act.calls[0][0][:, 0]]
     assert len(act.calls) == 2 and some.episodes == lengths.count(2)
+    # The cap is checked before each vector step: 5 agent steps allowed, 8 taken.
+    act = Recorder()
+    evaluate_policy(impala_cfg(), act, episodes=4, seed=2, max_steps=5)
+    assert len(act.calls) == 2
+
+
+def test_the_step_cap_spans_rounds():
+    """40 episodes take two rounds of 32 envs; a cap one vector step into the second round
+    keeps the first round's 32 episodes and stops there (no episode is one step long)."""
+    act = Recorder()
+    evaluate_policy(impala_cfg(), act, episodes=40, seed=3)
+    starts = [i for i, (obs, _) in enumerate(act.calls) if (obs[:, 2] == 0).all()]
+    first_round_steps = 32 * starts[1]
+    act = Recorder()
+    capped = evaluate_policy(impala_cfg(), act, episodes=40, seed=3,
+                             max_steps=first_round_steps + 32)[TASK]
+    assert capped.episodes == 32 and len(act.calls) == starts[1] + 1
 
 
 class ScriptedSuccessEnv:
-    """A fake vector env: env i ends an episode every i + 1 steps, with score i and success
-    (i % 2 == 0) where i < 3, no success reported for the others."""
+    """A fake vector env: env i ends an episode every i + 1 steps, with score i; envs i < 3
+    report success (i + rounds) % 2 == 0, where rounds counts resets; the others none."""
 
     def __init__(self, task_id: int, num_envs: int):
-        self.task_id, self.num_envs, self.t = task_id, num_envs, 0
+        self.task_id, self.num_envs, self.t, self.rounds = task_id, num_envs, 0, -1
         self.closed = False
 
     def reset(self, seed=None):
-        self.t = 0
+        self.t, self.rounds = 0, self.rounds + 1
         return np.zeros((self.num_envs, 1), np.float32)
 
     def step(self, actions):
         self.t += 1
         ended = np.array([self.t % (i + 1) == 0 for i in range(self.num_envs)])
         episodes = [EpisodeStats(self.task_id, "t", float(i), i + 1,
-                                 float(i % 2 == 0) if i < 3 else None)
+                                 float((i + self.rounds) % 2 == 0) if i < 3 else None)
                     for i in np.flatnonzero(ended)]
         zeros = np.zeros(self.num_envs, np.float32)
         return StepResult(np.zeros((self.num_envs, 1), np.float32), zeros, ended,
@@ -147,6 +164,8 @@ def test_success_is_averaged_over_the_episodes_that_report_it(monkeypatch):
     # Envs 0..4 give scores 0..4 (env 0 ends every step but counts once); envs 0, 2 succeed, 1 fails.
     assert result == TaskResult(2.0, float(np.std(range(5))), 5, pytest.approx(2 / 3))
     assert made[0].closed
+    # Two rounds of 32 envs: round 0 succeeds on envs 0, 2 and round 1 on env 1: 3 of 6.
+    assert evaluate_policy(impala_cfg(), Recorder(), episodes=40, seed=0)[TASK].success_rate == 0.5
 
 
 def test_eval_metrics_name_return_and_success_per_task_and_their_mean():

@@ -18,14 +18,17 @@ T, M, RUN_SEED = 5, 3, 7
 SPEC = describe("gym", BOX_TASK)
 
 
-def make_worker(tasks=(BOX_TASK,), actor_index: int = 0, reseed: int = 0, num_actors: int = 1):
+def make_worker(tasks=(BOX_TASK,), actor_index: int = 0, reseed: int | None = 0,
+                num_actors: int = 1, model: str = "mtsac", envs_per_actor: int = M):
     cfg = config_from_dict({
-        "env": {"kind": "gym", "tasks": list(tasks), "envs_per_actor": M},
+        "env": {"kind": "gym", "tasks": list(tasks), "envs_per_actor": envs_per_actor},
         "actors": {"num_actors": num_actors, "unroll_length": T},
-        "learner": {"model": "mlp", "algorithm": "sac", "sac": {"hidden": [8, 8]}},
+        "learner": {"model": "mlp", "algorithm": "sac", "sac": {"model": model, "hidden": [8, 8]}},
         "run": {"seed": RUN_SEED},
     })
     spec = describe("gym", BOX_TASK, task_one_hot=len(tasks) if len(tasks) > 1 else 0)
+    if reseed is None:      # as Ray's first start calls it
+        return TransitionWorker(cfg, actor_index, spec)
     return TransitionWorker(cfg, actor_index, spec, reseed)
 
 
@@ -170,3 +173,26 @@ def test_no_two_env_copies_of_a_fleet_share_a_seed_across_actors_and_restarts():
     assert len(seeds) == 2 * 3 * M and len(set(seeds)) == len(seeds)
     first = make_worker(BOX_TASKS, 0, 0, num_actors=2).collect()["obs"][:2 * M, 0]
     np.testing.assert_array_equal(first, (RUN_SEED * 100_003 + np.arange(2 * M)) % SEED_MOD)
+
+
+def test_a_first_start_is_reseed_zero():
+    fresh, zero = make_worker(actor_index=1, reseed=None, num_actors=2), make_worker(actor_index=1, num_actors=2)
+    np.testing.assert_array_equal(fresh.collect()["obs"], zero.collect()["obs"])
+    assert fresh.actor_index == 1
+
+
+def test_task_heads_act_on_each_rows_own_task():
+    """With one policy head per task (`multihead`), row m of a two-task actor acts with head
+    task_id[m]; one env per task, so the actor's first task is its first env's."""
+    worker = make_worker(BOX_TASKS[:2], model="multihead", envs_per_actor=1)
+    assert worker.task_id == 0 and worker.env.task_ids.tolist() == [0, 1]
+    weights = trained_weights(worker, 3)
+    worker.set_weights(2, weights)
+    twin = GaussianPolicy(worker.cfg, describe("gym", BOX_TASK, task_one_hot=2), seed=0)
+    twin.set_weights(2, weights)
+    obs, state = worker.obs, worker.policy.generator.get_state()
+    chunk = worker.collect()
+    twin.generator.set_state(state)
+    np.testing.assert_allclose(chunk["action"][:2], twin.act(obs, torch.tensor([0, 1])), rtol=1e-6)
+    twin.generator.set_state(state)    # the same noise through task 0's head for both rows
+    assert not np.allclose(chunk["action"][:2], twin.act(obs, torch.tensor([0, 0])))
