@@ -34,11 +34,9 @@ class RolloutWorker:
     def __init__(self, cfg, actor_index: int, spec, reseed: int = 0):
         self.cfg = cfg
         self.actor_index = actor_index
-        tasks = cfg.env.tasks
         seed = actor_seed(cfg, actor_index, reseed)
         self.env = make_actor_env(cfg, actor_index, seed)
         self.task_id = int(self.env.task_ids[0])
-        self.task_name = tasks[self.task_id]
         self.model = policy_network(cfg, spec)
         self.model.eval()
         self.version = -1

@@ -211,3 +211,10 @@ def test_no_two_env_copies_of_a_fleet_share_a_seed_across_actors_and_restarts():
              for i in range(NUM_ACTORS) for r in range(3)]
     flat = np.concatenate(seeds).astype(int).tolist()
     assert len(flat) == NUM_ACTORS * 3 * M and len(set(flat)) == len(flat)
+
+
+@pytest.mark.parametrize("benchmark,tasks,one_hot", [("MT1", ["reach-v3"], 0), ("MT10", None, 10)])
+def test_metaworld_options_name_the_benchmark_and_its_task_one_hot(benchmark, tasks, one_hot):
+    env = {"kind": "metaworld", "benchmark": benchmark, **({"tasks": tasks} if tasks else {})}
+    cfg = config_from_dict({"env": env, "learner": {"algorithm": "sac"}})
+    assert env_options(cfg) == {"benchmark": benchmark, "task_one_hot": one_hot}
