@@ -125,6 +125,10 @@ def test_a_failed_transaction_is_counted_and_neither_stored_nor_acknowledged():
     assert t.write_failures == 1 and t.store_stats() == {"replay/restored": 0.0,
                                                          "replay/redis_write_failures": 1.0}
     assert t.size(0) == 2 and t.inserted(0) == 2 and meta(client, 0)["inserted"] == "2"
+    client.fail_next_exec = True
+    with pytest.raises(redis.ConnectionError):
+        t.insert(chunk(3, 1, 1))
+    assert t.write_failures == 2 and t.size(1) == 0
     t.insert(chunk(4, 1, 0))             # the next insert goes through whole
     assert table(client)._rings[0].arrays["version"][:3].tolist() == [0, 1, 4]
     assert table(client).store_stats()["replay/restored"] == 3.0
@@ -134,8 +138,10 @@ def test_a_failed_transaction_is_counted_and_neither_stored_nor_acknowledged():
 def test_rows_of_another_layout_are_refused(other):
     client = FakeRedis()
     table(client).insert(chunk(0, 2, 0))
-    with pytest.raises(StoredReplayError, match=f"Redis {NS}:task:0:meta holds replay rows of another layout"):
+    with pytest.raises(StoredReplayError, match=f"Redis {NS}:task:0:meta holds replay rows of another layout") as err:
         table(client, **other)
+    stored, ours = table(FakeRedis()).layout, table(FakeRedis(), **other).layout
+    assert f"another layout ({stored}) than this run's ({ours})" in str(err.value)
 
 
 def _torn(meta_update=None, drop=None, cut_block=None):
@@ -161,10 +167,11 @@ def _torn(meta_update=None, drop=None, cut_block=None):
     ({"drop": "inserted"}, "pos/size/inserted missing or not integers"),
     ({"meta_update": {"size": "five"}}, "pos/size/inserted missing or not integers"),
     ({"meta_update": {"pos": 4}}, r"inconsistent ring pos=4 size=5 inserted=5 for capacity 10"),
-    ({"meta_update": {"pos": 11, "size": 10}}, "inconsistent ring pos=11"),
-    ({"meta_update": {"pos": 10, "size": 10}}, "inconsistent ring pos=10"),
+    # Each case breaks one condition and keeps the others (inserted >= size).
+    ({"meta_update": {"pos": 11, "size": 10, "inserted": 20}}, "inconsistent ring pos=11"),
+    ({"meta_update": {"pos": 10, "size": 10, "inserted": 20}}, "inconsistent ring pos=10"),
     ({"meta_update": {"pos": -1, "size": -1}}, "inconsistent ring pos=-1"),
-    ({"meta_update": {"pos": 0, "size": 11}}, "inconsistent ring pos=0 size=11"),
+    ({"meta_update": {"pos": 0, "size": 11, "inserted": 20}}, "inconsistent ring pos=0 size=11"),
     ({"meta_update": {"inserted": 4}}, "inconsistent ring pos=5 size=5 inserted=4"),
     ({"cut_block": ("reward", 1, 7)}, "reward block 1 holds 7 bytes, the ring's 5 rows need 8"),
     ({"cut_block": ("obs", 0, None)}, "obs block 0 holds 0 bytes, the ring's 5 rows need 36"),
@@ -198,3 +205,26 @@ def test_a_block_longer_than_the_ring_needs_is_read_up_to_the_ring():
 def test_block_rows_must_be_positive():
     with pytest.raises(ValueError, match="block_rows must be >= 1, got 0"):
         table(FakeRedis(), block_rows=0)
+
+
+def test_tasks_without_rows_are_skipped_and_the_next_ones_still_load():
+    client = FakeRedis()
+    table(client, tasks=(0, 1, 2)).insert(chunk(0, 4, 1))
+    again = table(client, tasks=(0, 1, 2))
+    assert again.restored == 4 and again.size(1) == 4 and again.size(0) == again.size(2) == 0
+
+
+def test_blocks_of_one_row_and_rows_of_other_dtypes_round_trip():
+    """Chunks may come with float64 rewards or int32 versions; Redis holds the table's dtypes,
+    so a second table reads back the same values."""
+    client = FakeRedis()
+    t = table(client, block_rows=1)
+    rows = chunk(0, 12, 0)
+    rows.update(reward=rows["reward"].astype(np.float64), version=rows["version"].astype(np.int32),
+                obs=rows["obs"].astype(np.float64))
+    t.insert(rows)
+    assert client.get(f"{NS}:task:0:version:9") == np.int64(11).tobytes()
+    again = table(client, block_rows=1)._rings[0]      # the newest 10 of the 12 rows
+    np.testing.assert_array_equal(again.arrays["version"], np.arange(2, 12))
+    np.testing.assert_allclose(again.arrays["reward"], np.arange(2, 12) / 7, rtol=1e-6)
+    assert again.arrays["obs"][0].tolist() == [2.0] * 3
