@@ -1,4 +1,5 @@
 """Per-term gradient strategies, `.grad` plumbing, and the Sum baseline against one backward."""
+import os
 import warnings
 
 import pytest
@@ -7,8 +8,9 @@ from torch import nn
 
 import combiners.gradients as gradients
 from combiners import (CosineGate, PCGrad, Sum, apply_combined, apply_task_split, flatten,
-                       per_term_gradients, read_grads, task_split_gradients, unflatten,
-                       write_grads)
+                       per_term_gradients, read_grads, task_split_gradients, task_split_losses,
+                       unflatten, write_grads)
+from combiners.gradients import check_task_batches
 
 K, N, D_IN, H = 3, 8, 5, 16
 
@@ -210,3 +212,85 @@ def test_read_grads_gives_zeros_for_a_parameter_without_grad():
     params = [torch.randn(2, requires_grad=True), torch.randn(3, requires_grad=True)]
     params[1].grad = torch.tensor([1.0, 2.0, 3.0])
     assert torch.equal(read_grads(params), torch.tensor([0.0, 0.0, 1.0, 2.0, 3.0]))
+
+
+def test_bad_inputs_are_named_in_the_error():
+    p = torch.randn(2, requires_grad=True)
+    with pytest.raises(ValueError, match="flatten got None without `like` to take its shape"):
+        flatten([None, torch.zeros(1)])
+    with pytest.raises(ValueError, match="no loss terms given"):
+        per_term_gradients([], [p])
+    with pytest.raises(ValueError, match="no parameters given"):
+        per_term_gradients([p.sum()], [])
+    with pytest.raises(ValueError, match="task_batches is empty"):
+        check_task_batches(())
+    with pytest.raises(ValueError, match=r"same size; got \[\(3, 2\), \(2, 2\)\]"):
+        check_task_batches((torch.zeros(3, 2), torch.zeros(2, 2)))
+
+
+@pytest.mark.parametrize("strategy, K", [("sequential", 2), ("sequential", 1), ("batched", 1)])
+def test_per_term_gradients_frees_the_graph_unless_asked_to_keep_it(strategy, K):
+    a = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    losses = [(a ** (k + 1)).sum() for k in range(K)]
+    per_term_gradients(losses, [a], strategy=strategy, retain_graph=True)
+    sum(losses).backward(retain_graph=True)                  # still there
+    per_term_gradients(losses, [a], strategy=strategy)
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        sum(losses).backward()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_batched_runs_batched_on_a_graph_that_vmap_supports(monkeypatch, dtype):
+    monkeypatch.setattr(gradients, "_warned_fallback", False)
+    a = torch.randn(3, dtype=dtype, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")               # a fallback would warn
+        G = per_term_gradients([a.sum(), (a ** 2).sum()], [a], strategy="batched")
+    torch.testing.assert_close(G, torch.stack([torch.ones_like(a), 2 * a.detach()]))
+
+
+def test_the_fallback_warns_once_at_the_callers_line_and_sequential_never_tries_batched(
+        monkeypatch):
+    monkeypatch.setattr(gradients, "_warned_fallback", False)
+    w = torch.randn(4, dtype=torch.float64, requires_grad=True)
+
+    def losses():
+        return [(_NoVmap.apply(w) * c).sum() for c in (1.0, -2.0)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        per_term_gradients(losses(), [w], strategy="sequential")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        per_term_gradients(losses(), [w], strategy="batched")
+        per_term_gradients(losses(), [w], strategy="batched")
+    assert len(caught) == 1
+    assert not caught[0].filename.endswith(os.path.join("combiners", "gradients.py"))  # caller's
+    message = str(caught[0].message)
+    assert message.startswith("batched per-term gradients are not supported by this graph (")
+    assert "Batching rule not implemented" in message     # the first line of vmap's error
+
+
+def test_a_single_task_tensor_is_a_batch_of_one_input():
+    torch.manual_seed(0)
+    lin = nn.Linear(D_IN, 1).double()
+    x = torch.randn(K, N, D_IN, dtype=torch.float64)
+
+    def loss(model, xk):
+        return (model(xk) ** 2).mean()
+    assert check_task_batches(x)[1] == K
+    G, losses = task_split_gradients(lin, loss, x, ["weight", "bias"])
+    want = torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(
+        loss(lin, x[k]), [lin.weight, lin.bias])]) for k in range(K)])
+    torch.testing.assert_close(G, want)
+    torch.testing.assert_close(task_split_losses(lin, loss, x), losses)
+
+
+def test_task_split_losses_passes_randomness_on():
+    lin = nn.Linear(D_IN, 1).double()
+    x = torch.randn(K, N, D_IN, dtype=torch.float64)
+
+    def noisy(model, xk):
+        return (model(xk + torch.rand_like(xk)) ** 2).mean()
+    with pytest.raises(RuntimeError, match="randomness"):
+        task_split_losses(lin, noisy, x)
+    assert task_split_losses(lin, noisy, x, randomness="different").shape == (K,)
