@@ -199,3 +199,20 @@ def test_make_table_with_redis_passes_the_client_and_namespace(monkeypatch):
     table = make_table([4, 1], 7, SPEC, redis_url="redis://db:6379/0", namespace="run-a")
     assert type(table) is FakeRedisTable
     assert made["args"] == ([4, 1], 7, (5, 2), np.uint8, 3, ("client", "redis://db:6379/0"), "run-a")
+
+
+def test_without_a_seed_the_service_samples_as_seed_zero():
+    table = ReplayTable(TASKS, 100, OBS_SHAPE, np.float32, ACTION_DIM)
+    service = ReplayService(table, SampleToInsertRatio(None, 0.0, 8, 8), 1)
+    expected = np.random.default_rng(0).integers(1 << 30, size=4)
+    np.testing.assert_array_equal(service.rng.integers(1 << 30, size=4), expected)
+
+
+def test_episodes_sent_as_integers_come_out_as_floats():
+    async def scenario():
+        service = make_service(learning_starts=1)
+        await service.insert(dict(chunk(0), episodes=[[2, 7, 30, 1]]))
+        return (await service.sample(1))["episodes"]
+
+    episodes = asyncio.run(scenario())
+    assert episodes.dtype == np.float64 and episodes.tolist() == [[2.0, 7.0, 30.0, 1.0]]
