@@ -160,3 +160,22 @@ def test_diff_is_zero_until_min_size():
     limiter.reach_min_size()
     limiter.insert(2)
     assert limiter.diff() == 2 * 2.0
+
+
+@pytest.mark.parametrize("args,message", [
+    ((None, 0.0, 0, 5), r"rate limit: insert chunk \(0\) and sample batch \(5\) must hold at least one"),
+    ((None, 0.0, 5, 0), r"rate limit: insert chunk \(5\) and sample batch \(0\) must hold at least one"),
+    ((float("inf"), 10.0, 1, 1), r"replay.samples_per_insert: must be a finite number > 0, got inf"),
+    ((0.0, 10.0, 1, 1), r"replay.samples_per_insert: must be a finite number > 0, got 0"),
+    ((2.0, float("inf"), 1, 1), r"replay.tolerance: must be a finite number >= 0, got inf"),
+    ((2.0, -0.5, 1, 1), r"replay.tolerance: must be a finite number >= 0, got -0.5"),
+    ((2.0, 0.0, 1, 1), r"replay.tolerance: 0 can deadlock"),
+])
+def test_each_bad_rate_limit_setting_is_refused_naming_its_field(args, message):
+    with pytest.raises(ValueError, match=message):
+        check_rate_limit(*args)
+
+
+def test_a_tolerance_below_one_is_enough_for_small_inserts_and_samples():
+    """(1 * 0.1 + 1) / 2 = 0.55 is the bound here: 0.7 passes."""
+    check_rate_limit(0.1, 0.7, insert_chunk=1, sample_batch=1)
