@@ -10,18 +10,17 @@ Unlike the FIFO queue (replay/service.py) the data itself lives here: a transiti
 to be worth an object-store entry, so chunks arrive as arrays and batches leave as arrays.
 Episode statistics ride along with the chunks; each is handed out once, with the next sample.
 
-`ReplayService` is a plain class, unit-testable under asyncio; `ReplayActor` is its Ray wrapper.
-One actor is one shard; replay/sharding.py partitions the tasks and starts them.
+`ReplayService` is a plain class, unit-testable under asyncio; `ReplayActor`
+(replay/replay_actor.py) is its Ray wrapper. One actor is one shard; replay/sharding.py
+partitions the tasks and starts them.
 """
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from typing import Sequence
 
 import numpy as np
-import ray
 
 from replay.rate_limiter import SampleToInsertRatio
 from replay.replay_table import ReplayTable
@@ -135,41 +134,3 @@ def make_table(task_ids: Sequence[int], capacity_per_task: int, spec, redis_url:
 
     return RedisReplayTable(task_ids, capacity_per_task, spec.obs_shape, spec.obs_dtype,
                             spec.action_dim, redis_client(redis_url), namespace)
-
-
-@ray.remote(num_cpus=0, max_concurrency=1000)
-class ReplayActor:
-    """One shard of the replay service: the tasks `task_ids`, their table and rate limiter.
-    With `redis_url` the table is the durable one (replay/redis_table.py) under `namespace`."""
-
-    def __init__(self, shard: int, task_ids: Sequence[int], spec, capacity_per_task: int,
-                 learning_starts: int, samples_per_insert: float | None, tolerance: float,
-                 max_insert: int, max_sample: int, seed: int = 0, redis_url: str | None = None,
-                 namespace: str | None = None):
-        self.shard = shard
-        self.task_ids = list(task_ids)
-        table = make_table(task_ids, capacity_per_task, spec, redis_url, namespace)
-        limiter = SampleToInsertRatio(samples_per_insert, tolerance, max_insert, max_sample)
-        self.service = ReplayService(table, limiter, learning_starts, seed=[seed, shard])
-
-    def __repr__(self) -> str:
-        return f"ReplayActor(replay shard {self.shard}, task ids {self.task_ids})"
-
-    async def insert(self, chunk: dict) -> dict:
-        return await self.service.insert(chunk)
-
-    async def sample(self, batch_per_task: int, timeout: float | None = None) -> dict | None:
-        return await self.service.sample(batch_per_task, timeout)
-
-    async def count_earlier_inserts(self, frames: int) -> None:
-        self.service.count_earlier_inserts(frames)
-
-    async def set_weights_version(self, version: int) -> None:
-        self.service.set_weights_version(version)
-
-    async def stats(self) -> dict[str, float]:
-        return self.service.stats()
-
-    async def pid(self) -> int:
-        """The actor's process id, for whoever must signal it (tests kill it)."""
-        return os.getpid()

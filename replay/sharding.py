@@ -97,7 +97,7 @@ def start_replay_shards(cfg, spec, run_id: str, redis_url: str | None = None) ->
     With `redis_url` (replay.backend: redis) the shards keep their tables in that Redis under
     `accord:<run_id>:replay` and start with what it holds there. A Redis on loopback is reachable
     from this node only, so the shards are then placed on this node."""
-    from replay.replay_service import ReplayActor  # Ray only here: config checks import this module
+    from replay.replay_actor import ReplayActor  # Ray only here: config checks import this module
 
     settings = checked_shard_settings(cfg)
     options, extra = {}, ()

@@ -17,7 +17,7 @@ import ray
 
 from envs import EnvSpec
 from replay.redis_server import start_redis_server
-from replay.replay_service import ReplayActor
+from replay.replay_actor import ReplayActor
 from replay.sharding import start_replay_shards
 
 pytestmark = pytest.mark.integration

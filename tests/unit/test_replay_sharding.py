@@ -72,7 +72,7 @@ class NoActors:
 
 
 def test_start_replay_shards_refuses_deadlock_prone_settings_before_starting_any(monkeypatch):
-    monkeypatch.setattr("replay.replay_service.ReplayActor", NoActors)
+    monkeypatch.setattr("replay.replay_actor.ReplayActor", NoActors)
     spec = EnvSpec(obs_shape=OBS_SHAPE, obs_dtype=np.float32, action_dim=ACTION_DIM)
     cfg = sac_config(samples_per_insert=4.0, tolerance=26.0)
 
@@ -199,7 +199,7 @@ class _Remote:
 
 
 def test_start_replay_shards_starts_each_shard_with_its_own_settings(monkeypatch):
-    monkeypatch.setattr("replay.replay_service.ReplayActor", RecordingActors)
+    monkeypatch.setattr("replay.replay_actor.ReplayActor", RecordingActors)
     monkeypatch.setattr(RecordingActors, "started", [])
     spec = EnvSpec(obs_shape=OBS_SHAPE, obs_dtype=np.float32, action_dim=ACTION_DIM)
     cfg = sac_config(tasks=4, shards=2, samples_per_insert=4.0, tolerance=30.0)
