@@ -16,6 +16,7 @@ import pytest
 
 from replay.redis_server import start_redis_server
 from replay.redis_table import RedisReplayTable, StoredReplayError, redis_client, replay_namespace
+from tests.support.replay_rows import chunk
 
 pytestmark = pytest.mark.integration
 
@@ -32,18 +33,6 @@ def server(tmp_path):
 def table(url, tasks=(0, 1), capacity=10, run="run-a", block_rows=3, **kw):
     return RedisReplayTable(list(tasks), capacity, OBS_SHAPE, np.float32, ACTION_DIM,
                             redis_client(url), replay_namespace(run), block_rows=block_rows, **kw)
-
-
-def chunk(first: int, n: int, task_id) -> dict:
-    """Rows numbered first..first+n-1: every field derives from the number, so a row read back
-    shows where it came from."""
-    seq = np.arange(first, first + n)
-    return {"obs": np.repeat(seq[:, None], 3, 1).astype(np.float32),
-            "next_obs": np.repeat(seq[:, None] + 0.5, 3, 1).astype(np.float32),
-            "action": np.stack([seq, -seq], 1).astype(np.float32),
-            "reward": seq.astype(np.float32) / 7, "terminated": seq % 3 == 0,
-            "truncated": seq % 5 == 0, "version": seq.astype(np.int64),
-            "task_id": np.broadcast_to(np.asarray(task_id), (n,)).astype(np.int64)}
 
 
 def test_a_second_table_on_the_same_namespace_holds_every_acknowledged_row(server):

@@ -15,6 +15,7 @@ from actors.evaluation import TaskResult, build_eval_policy, eval_metrics, evalu
 from actors.policy import policy_network
 from envs import EpisodeStats, StepResult, describe
 from tests.support.scripted_env import BOX_TASKS, SEED_MOD, TASK, episode_length
+from tests.support.weights import random_weights
 
 
 def impala_cfg(tasks=(TASK,)):
@@ -175,11 +176,6 @@ def test_eval_metrics_name_return_and_success_per_task_and_their_mean():
                                      "eval/return/c": 0.0, "eval/success/a": 0.5,
                                      "eval/success/c": 1.0, "eval/success_mean": 0.75}
     assert eval_metrics({"b": results["b"]}) == {"eval/return/b": -2.0}
-
-
-def random_weights(model, seed: int, scale: float = 1.0) -> dict[str, np.ndarray]:
-    g = torch.Generator().manual_seed(seed)
-    return {k: (scale * torch.randn(v.shape, generator=g)).numpy() for k, v in model.state_dict().items()}
 
 
 def test_the_act_function_runs_the_weights_it_was_given():

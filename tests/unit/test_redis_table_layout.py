@@ -14,6 +14,7 @@ import redis
 
 from replay.redis_table import RedisReplayTable, StoredReplayError, replay_namespace
 from tests.support.fake_redis import FakeRedis
+from tests.support.replay_rows import chunk
 
 OBS_SHAPE, ACTION_DIM, CAPACITY, BLOCK = (3,), 2, 10, 3
 NS = replay_namespace("run-a")
@@ -22,17 +23,6 @@ NS = replay_namespace("run-a")
 def table(client, tasks=(0, 1), capacity=CAPACITY, namespace=NS, block_rows=BLOCK, obs_shape=OBS_SHAPE):
     return RedisReplayTable(list(tasks), capacity, obs_shape, np.float32, ACTION_DIM, client,
                             namespace, block_rows=block_rows)
-
-
-def chunk(first: int, n: int, task_id) -> dict:
-    """Rows numbered first..first+n-1; every field derives from the number."""
-    seq = np.arange(first, first + n)
-    return {"obs": np.repeat(seq[:, None], 3, 1).astype(np.float32),
-            "next_obs": np.repeat(seq[:, None] + 0.5, 3, 1).astype(np.float32),
-            "action": np.stack([seq, -seq], 1).astype(np.float32),
-            "reward": seq.astype(np.float32) / 7, "terminated": seq % 3 == 0,
-            "truncated": seq % 5 == 0, "version": seq.astype(np.int64),
-            "task_id": np.broadcast_to(np.asarray(task_id), (n,)).astype(np.int64)}
 
 
 def meta(client, task):

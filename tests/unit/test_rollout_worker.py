@@ -12,6 +12,7 @@ from accord.config import config_from_dict
 from actors.rollout import RolloutWorker, env_options, episode_row
 from envs import EpisodeStats, describe
 from tests.support.scripted_env import SEED_MOD, TASK
+from tests.support.weights import random_weights
 
 T, M, RUN_SEED = 6, 3, 5
 NUM_ACTORS = 4     # one task each: actor i's M env copies come after actor i-1's
@@ -27,19 +28,13 @@ def make_worker(actor_index: int = 0, reseed: int = 0, tasks=(TASK,), heads: boo
     return RolloutWorker(cfg, actor_index, describe("gym", TASK), reseed)
 
 
-def random_weights(worker, seed: int) -> dict[str, np.ndarray]:
-    g = torch.Generator().manual_seed(seed)
-    return {k: torch.randn(v.shape, generator=g).numpy()
-            for k, v in worker.model.state_dict().items()}
-
-
 def env_seed(actor_index: int, reseed: int, run_seed: int = RUN_SEED) -> int:
     return (run_seed * 100_003 + (reseed * NUM_ACTORS + actor_index) * M) % 2**31
 
 
 def test_each_step_records_the_obs_action_reward_and_logits_of_that_step():
     worker = make_worker()
-    worker.set_weights(3, random_weights(worker, 0))
+    worker.set_weights(3, random_weights(worker.model, 0))
     u = worker.unroll()
     obs, actions = u["obs"], u["actions"]
     assert obs.shape == (T + 1, M, 4) and actions.shape == (T, M)
@@ -95,9 +90,9 @@ def test_the_last_observation_starts_the_next_unroll_and_steps_are_counted():
 def test_the_version_stamp_is_that_of_the_weights_that_acted():
     worker = make_worker()
     assert worker.unroll()["version"] == -1  # no weights received yet
-    worker.set_weights(7, random_weights(worker, 1))
+    worker.set_weights(7, random_weights(worker.model, 1))
     u7 = worker.unroll()
-    worker.set_weights(8, random_weights(worker, 2))
+    worker.set_weights(8, random_weights(worker.model, 2))
     u8 = worker.unroll()
     assert (u7["version"], u8["version"]) == (7, 8)
     with torch.no_grad():
@@ -108,7 +103,7 @@ def test_the_version_stamp_is_that_of_the_weights_that_acted():
 
 def test_actions_are_drawn_from_the_behaviour_policy():
     worker = make_worker()
-    weights = {k: np.zeros_like(v) for k, v in random_weights(worker, 0).items()}
+    weights = {k: np.zeros_like(v) for k, v in random_weights(worker.model, 0).items()}
     worker.set_weights(0, weights)  # all logits 0: a uniform policy
     actions = np.concatenate([worker.unroll()["actions"].ravel() for _ in range(5)])
     assert set(actions.tolist()) == {0, 1, 2}
@@ -121,7 +116,7 @@ def test_actions_are_drawn_from_the_behaviour_policy():
 def test_a_worker_acts_for_its_task_with_that_task_head():
     tasks = ("CartPole-v1", TASK)
     worker = make_worker(actor_index=3, tasks=tasks, heads=True)  # 3 % 2: task 1
-    worker.set_weights(0, random_weights(worker, 3))
+    worker.set_weights(0, random_weights(worker.model, 3))
     u = worker.unroll()
     np.testing.assert_array_equal(u["task_id"], [1] * M)
     assert (u["episodes"][:, 0] == 1).all() and len(u["episodes"]) > 0
@@ -147,7 +142,7 @@ def test_a_restarted_worker_does_not_replay_the_first_actions():
     again = make_worker(reseed=0)
     restarted = make_worker(reseed=1)
     for w in (first, again, restarted):
-        w.set_weights(0, {k: np.zeros_like(v) for k, v in random_weights(w, 0).items()})
+        w.set_weights(0, {k: np.zeros_like(v) for k, v in random_weights(w.model, 0).items()})
     a, b, c = (np.concatenate([w.unroll()["actions"].ravel() for _ in range(3)])
                for w in (first, again, restarted))
     np.testing.assert_array_equal(a, b)  # the same seed replays exactly

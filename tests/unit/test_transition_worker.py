@@ -13,6 +13,7 @@ from actors.policy import GaussianPolicy
 from actors.transitions import TransitionWorker
 from envs import describe
 from tests.support.scripted_env import BOX_TASK, BOX_TASKS, SEED_MOD, episode_length
+from tests.support.weights import random_weights
 
 T, M, RUN_SEED = 5, 3, 7
 SPEC = describe("gym", BOX_TASK)
@@ -30,12 +31,6 @@ def make_worker(tasks=(BOX_TASK,), actor_index: int = 0, reseed: int | None = 0,
     if reseed is None:      # as Ray's first start calls it
         return TransitionWorker(cfg, actor_index, spec)
     return TransitionWorker(cfg, actor_index, spec, reseed)
-
-
-def trained_weights(worker, seed: int) -> dict[str, np.ndarray]:
-    g = torch.Generator().manual_seed(seed)
-    return {k: (0.3 * torch.randn(v.shape, generator=g)).numpy()
-            for k, v in worker.policy.model.state_dict().items()}
 
 
 def test_rows_are_step_major_and_each_transition_lines_up():
@@ -114,7 +109,7 @@ def test_the_version_column_and_the_actions_follow_the_weights():
     assert (warm["version"] == -1).all() and warm["version"].dtype == np.int64
     # Warm-up: uniform in [-1, 1]^A, whatever the (untrained) network would do.
     assert (np.abs(warm["action"]) <= 1).all() and warm["action"].std() > 0.3
-    weights = trained_weights(worker, 1)
+    weights = random_weights(worker.policy.model, 1, scale=0.3)
     worker.set_weights(4, weights)
     assert worker.version == 4
     state = worker.policy.model.state_dict()
@@ -140,7 +135,7 @@ def _generator_before_second_chunk(weights) -> torch.Tensor:
 
 def test_a_version_zero_policy_still_warms_up_and_deterministic_acts_from_the_network():
     worker = make_worker()
-    worker.set_weights(0, trained_weights(worker, 2))
+    worker.set_weights(0, random_weights(worker.policy.model, 2, scale=0.3))
     obs = worker.collect()["obs"][:M]
     assert worker.policy.warming_up
     greedy = worker.policy.act(obs, torch.zeros(M, dtype=torch.int64), deterministic=True)
@@ -186,7 +181,7 @@ def test_task_heads_act_on_each_rows_own_task():
     task_id[m]; one env per task, so the actor's first task is its first env's."""
     worker = make_worker(BOX_TASKS[:2], model="multihead", envs_per_actor=1)
     assert worker.task_id == 0 and worker.env.task_ids.tolist() == [0, 1]
-    weights = trained_weights(worker, 3)
+    weights = random_weights(worker.policy.model, 3, scale=0.3)
     worker.set_weights(2, weights)
     twin = GaussianPolicy(worker.cfg, describe("gym", BOX_TASK, task_one_hot=2), seed=0)
     twin.set_weights(2, weights)
