@@ -32,7 +32,7 @@ from actors.remote import RolloutActor
 from actors.rollout import env_options
 from envs import EnvSpec, describe
 from ingest.launch import LiveMetrics, start_ingest
-from learner.algorithm import policy_weights
+from learner.registry import policy_weights
 from learner.broadcast import WeightStore
 from learner.checkpoint import Restored, load_latest
 from learner.remote import LearnerActor

@@ -70,7 +70,7 @@ def open_checkpoint(path: str | Path, on_skip: Callable[[str], None] = lambda me
 
 
 def _policy_weights(cfg, state, ckpt: Path) -> dict:
-    from learner.algorithm import policy_weights
+    from learner.registry import policy_weights
 
     try:
         return policy_weights(cfg, state) if isinstance(state, dict) else policy_weights(cfg, {})

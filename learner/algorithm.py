@@ -4,8 +4,12 @@
 queue/replay service, weight broadcast, checkpoints and metrics are written once:
 
 - an `Algorithm` is a plain class (no Ray) holding the networks, optimizers and combiners:
-  `update(batch)` takes one learner step and returns metrics, `actor_weights()` is what
-  rollout actors run, and `state_dict()` / `load_state_dict()` is its whole state;
+  `step(batch)` takes one learner step without reading anything back from the device (its
+  metrics and non-finite checks stay there, see `learner/device_metrics.py`),
+  `read_metrics()` reads what the steps since the last read reported (their means) and raises
+  `NonFiniteLossError` after a run of skipped steps, `update(batch)` is the two together (one
+  step, read at once: what tests and single steps use), `actor_weights()` is what rollout
+  actors run, and `state_dict()` / `load_state_dict()` is its whole state;
 - a `BatchSource` knows how its algorithm's batches come out of the service: `request()`
   asks for the next one (a Ray reference, so the learner can prefetch while it updates) and
   `receive(reply)` turns the reply into a batch dict, or None when nothing came.
@@ -15,7 +19,8 @@ Every batch carries two keys for the learner actor besides what its algorithm re
 ([E, 4] rows of task id, raw return, length, success or NaN, for episodes that ended, reported
 once).
 
-`build_algorithm` / `build_source` pick the implementation from `learner.algorithm`.
+`learner/registry.py` picks the implementation from `learner.algorithm` (a module of its own, so
+the learners can import this seam without an import circle).
 """
 from __future__ import annotations
 
@@ -34,6 +39,10 @@ class Algorithm(Protocol):
     updates: int
     frames: int
     nonfinite_total: int
+
+    def step(self, batch: dict) -> None: ...
+
+    def read_metrics(self) -> dict[str, float]: ...
 
     def update(self, batch: dict) -> dict[str, float]: ...
 
@@ -96,31 +105,3 @@ def set_rng_state(rng: dict) -> None:
     np.random.set_state(("MT19937", rng["numpy_keys"].numpy().astype(np.uint32), rng["numpy_pos"],
                          rng.get("numpy_has_gauss", 0), rng.get("numpy_cached_gauss", 0.0)))
     random.setstate((3, tuple(int(x) for x in rng["python"].tolist()), rng.get("python_gauss_next")))
-
-
-def build_algorithm(cfg, spec, device: str) -> Algorithm:
-    if cfg.learner.algorithm == "impala":
-        from learner.impala.learner import ImpalaLearner
-        return ImpalaLearner(cfg, spec, device)
-    if cfg.learner.algorithm == "sac":
-        from learner.sac.learner import SacLearner
-        return SacLearner(cfg, spec, device)
-    raise ValueError(f"unknown learner.algorithm {cfg.learner.algorithm!r}")
-
-
-def build_source(cfg, service: list) -> BatchSource:
-    """`service`: the handles of the queue/replay service's shards."""
-    if cfg.learner.algorithm == "impala":
-        from learner.impala.source import UnrollSource
-        return UnrollSource(service, -(-cfg.learner.batch_size // cfg.env.envs_per_actor))
-    if cfg.learner.algorithm == "sac":
-        from learner.sac.source import ReplaySource
-        return ReplaySource(service, cfg)
-    raise ValueError(f"unknown learner.algorithm {cfg.learner.algorithm!r}")
-
-
-def policy_weights(cfg, state: dict) -> dict:
-    """The weights rollout actors run (`Algorithm.actor_weights()`), from a checkpoint's state."""
-    if cfg.learner.algorithm == "sac":
-        return state["actor"]
-    return state["model"]

@@ -8,7 +8,6 @@ weight store. Tests hand in plain fakes.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
@@ -54,8 +53,6 @@ class LearnerWorker:
         """Run up to `max_updates` updates or `max_seconds`; returns the chunk's metrics, the
         episodes its batches reported and the counters."""
         start = self._clock()
-        sums: dict[str, float] = defaultdict(float)
-        counts: dict[str, int] = defaultdict(int)  # a skipped update reports fewer keys
         episodes, lags = [], []
         waited, done, timeouts = 0.0, 0, 0
         while done < max_updates and self._clock() - start < max_seconds:
@@ -74,19 +71,18 @@ class LearnerWorker:
             # Lag: updates since the behaviour weights, as of the weights this update starts from.
             lags.extend(self.algorithm.updates - np.asarray(batch["versions"]))
             updates_before = self.algorithm.updates
-            metrics = self.algorithm.update(batch)
-            for key, value in metrics.items():
-                sums[key] += value
-                counts[key] += 1
+            self.algorithm.step(batch)      # no host read: the metrics stay on the device
             episodes.extend(np.asarray(batch["episodes"]).tolist())
             done += 1
-            # A skipped (non-finite) update changed no weight: nothing new to publish.
+            # A step the host already knows was skipped changed no weight: nothing to publish.
             stepped = self.algorithm.updates != updates_before
             if stepped and self.algorithm.updates % self.publish_every == 0:
                 self.publish()
+        # The chunk's one read of the device: every update's metrics, averaged; a run of
+        # non-finite steps raises here.
+        out = self.algorithm.read_metrics()
         self.sample_timeouts += timeouts
         elapsed = self._clock() - start
-        out = {k: v / counts[k] for k, v in sums.items()}
         out["learner/nonfinite_total"] = float(self.algorithm.nonfinite_total)  # a counter
         out.update({
             "learner/updates_in_chunk": float(done), "learner/seconds": elapsed,

@@ -36,6 +36,8 @@ class ImpalaLearner:
         self.updates = 0
         self.frames = 0          # environment frames consumed (agent steps x frameskip)
         self.nonfinite = NonFiniteGuard(self.lcfg.max_nonfinite_run)
+        self._metric_sums: dict[str, float] = {}
+        self._metric_counts: dict[str, int] = {}
         self._pin = self.device.type == "cuda"
         # Several tasks, aux terms or a non-sum combiner: named loss terms whose gradients are
         # combined on the shared weights (learner/impala/terms.py says which terms and weights).
@@ -154,6 +156,17 @@ class ImpalaLearner:
             "learner/nonfinite_total": float(self.nonfinite_total),
         })
         return metrics
+
+    def step(self, batch: dict) -> None:
+        """`update` with its metrics kept for `read_metrics` (host-side for now)."""
+        for key, value in self.update(batch).items():
+            self._metric_sums[key] = self._metric_sums.get(key, 0.0) + value
+            self._metric_counts[key] = self._metric_counts.get(key, 0) + 1
+
+    def read_metrics(self) -> dict[str, float]:
+        out = {k: v / self._metric_counts[k] for k, v in self._metric_sums.items()}
+        self._metric_sums, self._metric_counts = {}, {}
+        return out
 
     @property
     def nonfinite_total(self) -> int:

@@ -109,6 +109,18 @@ class SacLearner:
         self.updates = 0
         self.frames = 0
         self.nonfinite = NonFiniteGuard(self.lcfg.max_nonfinite_run)
+        self._metric_sums: dict[str, float] = {}
+        self._metric_counts: dict[str, int] = {}
+
+    def step(self, batch: dict) -> None:
+        for key, value in self.update(batch).items():
+            self._metric_sums[key] = self._metric_sums.get(key, 0.0) + value
+            self._metric_counts[key] = self._metric_counts.get(key, 0) + 1
+
+    def read_metrics(self) -> dict[str, float]:
+        out = {k: v / self._metric_counts[k] for k, v in self._metric_sums.items()}
+        self._metric_sums, self._metric_counts = {}, {}
+        return out
 
     @property
     def nonfinite_total(self) -> int:

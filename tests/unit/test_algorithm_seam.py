@@ -12,8 +12,8 @@ import torch
 
 from accord.config import config_from_dict
 from envs import EnvSpec
-from learner.algorithm import (NonFiniteGuard, NonFiniteLossError, build_algorithm, build_source,
-                               policy_weights, rng_state, set_rng_state)
+from learner.algorithm import NonFiniteGuard, NonFiniteLossError, rng_state, set_rng_state
+from learner.registry import build_algorithm, build_source, policy_weights
 from learner.impala.learner import ImpalaLearner
 from learner.impala.source import UnrollSource
 from learner.sac.learner import SacLearner

@@ -18,6 +18,7 @@ class CountingAlgorithm:
     def __init__(self):
         self.updates = self.frames = self.nonfinite_total = 0
         self.seen = []
+        self._sums, self._counts = {}, {}
 
     def update(self, batch):
         self.seen.append(batch["id"])
@@ -27,6 +28,16 @@ class CountingAlgorithm:
         self.updates += 1
         self.frames += 10
         return {"loss/total": batch["loss"], "learner/nonfinite_total": float(self.nonfinite_total)}
+
+    def step(self, batch):
+        for key, value in self.update(batch).items():
+            self._sums[key] = self._sums.get(key, 0.0) + value
+            self._counts[key] = self._counts.get(key, 0) + 1
+
+    def read_metrics(self):
+        out = {k: v / self._counts[k] for k, v in self._sums.items()}
+        self._sums, self._counts = {}, {}
+        return out
 
     def actor_weights(self):
         return {"w": np.array([self.updates])}
