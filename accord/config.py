@@ -259,6 +259,11 @@ class LearnerConfig(_Section):
     publish_every: int = Field(1, ge=1, description="k: publish weights to actors every k updates.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when the cluster has a GPU.")
     bf16: bool = Field(False, description="bf16 autocast for the forward pass on CUDA.")
+    compile: Literal["auto", "off", "compile", "graphs"] = Field(
+        "auto", description="How the update runs: off: eagerly (the readable reference); compile: "
+                            "torch.compile; graphs: captured once as a CUDA graph and replayed (CUDA "
+                            "only); auto: graphs on CUDA, off on CPU. A compile or capture that fails "
+                            "falls back to eager with one line saying why.")
     max_nonfinite_run: int = Field(20, ge=1, description="Consecutive non-finite losses that stop training.")
     max_restarts: int = Field(
         3, ge=0, description="Times Ray restarts a dead learner process within a run; each restart "
@@ -347,6 +352,9 @@ class ExperimentConfig(_Section):
     @model_validator(mode="after")
     def _cross_field(self) -> "ExperimentConfig":
         sac = self.learner.algorithm == "sac"
+        if self.learner.compile == "graphs" and self.learner.device == "cpu":
+            raise ValueError("learner.compile: 'graphs' captures CUDA graphs; it needs "
+                             "learner.device cuda (or auto on a machine with a GPU)")
         if sac and self.env.kind == "atari":
             raise ValueError("learner.algorithm: 'sac' needs a Box action space and Atari games have "
                              "discrete actions; use 'impala'")

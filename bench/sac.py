@@ -1,14 +1,21 @@
-"""Multi-task SAC update time with PCGrad divided by the plain SAC update (`sum`, the MT-SAC
-baseline), measured side by side in one run (interleaved, after warm-up, median over repeats).
+"""The multi-task SAC update's time, measured side by side in one run (interleaved, after
+warm-up, median over repeats), per update over chunks of updates read once, as the learner
+actor runs them.
 
-One update is the whole `SacLearner.update`: target, critic step, actor step, α step, Polyak.
-Shapes are Meta-World's (papers 003/004): MT10 (K=10 tasks, obs 39 + 10 one-hot) and MT50
-(K=50, obs 39 + 50), 4-dim actions, 3×400 MLPs, 128 transitions per task.
+One update is the whole step: target, critic step, actor step, α step, Polyak. Shapes are
+Meta-World's (papers 003/004): MT10 (K=10 tasks, obs 39 + 10 one-hot) and MT50 (K=50, obs
+39 + 50), 4-dim actions, 3×400 MLPs, 128 transitions per task.
 
-- `sum`: one backward of Σ_k J_k per network (the combiner's fixed-weight path).
-- `pcgrad`: K per-task gradients on the shared weights from one vmapped pass, then PCGrad.
-- `naive pcgrad loop`: K forward/backward passes per network, then Alg. 1 of paper 003 on
-  flat vectors, one pair at a time (what a straightforward implementation does).
+- `sac (sum)`: the MT-SAC baseline as accord runs it (`learner.compile: auto`, i.e. one CUDA
+  graph per update on a GPU, eager on the CPU): one batched forward and one backward of
+  Σ_k J_k per network. Every ratio is against this row.
+- `sac + pcgrad (task-split)`: K per-task gradients on the shared weights from one vmapped
+  pass, then PCGrad on the device.
+- `..., eager` (CUDA only): the same update with `learner.compile: off`, what the graph saves.
+- `sac (sum), before`: the update as it ran before it was a device program
+  (bench/sac_before.py): vmapped losses, host reads of every metric and check, unfused Adam.
+- `sac + naive pcgrad loop`: K forward/backward passes per network, then Alg. 1 of paper 003
+  on flat vectors, one pair at a time (what a straightforward implementation does).
 
     python -m bench.sac --device cuda        # or: accord bench sac --device cuda
 """
@@ -23,6 +30,7 @@ import numpy as np
 import torch
 
 from accord.config import config_from_dict
+from bench.sac_before import HostSyncedSacLearner
 from combiners import flatten, write_grads
 from envs import EnvSpec
 from learner.sac.learner import SacLearner
@@ -39,10 +47,10 @@ class NaivePCGradSplit:
         self.heads = model.task_parameters() or [[] for _ in range(num_tasks)]
         self.rng = random.Random(seed)
 
-    def apply(self, combiner, loss_fn, batches):
+    def apply(self, combiner, loss_fn, batches, task_ids):
         grads, auxes = [], []
         for k in range(self.K):
-            loss, aux = loss_fn(self.model, *(t[k] for t in batches))
+            loss, aux = loss_fn(self.model, batches[0][k], task_ids[k], *(t[k] for t in batches[1:]))
             g = torch.autograd.grad(loss, self.shared + self.heads[k], allow_unused=True,
                                     materialize_grads=True)
             write_grads(self.heads[k], flatten(g[len(self.shared):])) if self.heads[k] else None
@@ -62,17 +70,29 @@ class NaivePCGradSplit:
         return {}, {n: torch.stack([a[n] for a in auxes]) for n in auxes[0]}
 
 
-def _learner(K: int, combiner: str, hidden: tuple[int, ...], device: str) -> SacLearner:
+# method -> (combiner, learner.compile, learner class); "naive" swaps in the per-task loop
+METHODS = {
+    "sac (sum)": ("sum", "auto", SacLearner),
+    "sac + pcgrad (task-split)": ("pcgrad", "auto", SacLearner),
+    "sac (sum), eager": ("sum", "off", SacLearner),
+    "sac + pcgrad, eager": ("pcgrad", "off", SacLearner),
+    "sac (sum), before": ("sum", "off", HostSyncedSacLearner),
+    "sac + naive pcgrad loop": ("naive", "off", SacLearner),
+}
+
+
+def _learner(K: int, method: str, hidden: tuple[int, ...], device: str) -> SacLearner:
+    combiner, mode, cls = METHODS[method]
     cfg = config_from_dict({
         "env": {"kind": "gym", "tasks": [f"task{k}" for k in range(K)]},  # shapes only: no env is made
         "actors": {"num_actors": K},
-        "learner": {"model": "mlp", "algorithm": "sac",
+        "learner": {"model": "mlp", "algorithm": "sac", "compile": mode,
                     "combiner": {"name": "sum" if combiner == "sum" else "pcgrad",
                                  "options": {} if combiner == "sum" else {"seed": 0}},
                     "sac": {"model": "mtsac", "hidden": list(hidden)}},
     })
     torch.manual_seed(0)
-    learner = SacLearner(cfg, EnvSpec((OBS + K,), np.dtype(np.float32), action_dim=ACTION), device)
+    learner = cls(cfg, EnvSpec((OBS + K,), np.dtype(np.float32), action_dim=ACTION), device)
     if combiner == "naive":
         learner._critic_split = NaivePCGradSplit(learner.critic, K)
         learner._actor_split = NaivePCGradSplit(learner.actor, K)
@@ -93,8 +113,9 @@ def _batch(K: int, n: int) -> dict:
 
 
 def _interleaved(learners: dict[str, SacLearner], batch: dict, device: str, repeats: int,
-                 warmup: int) -> dict[str, float]:
-    """Median seconds per update; the methods take turns and the first mover rotates."""
+                 warmup: int, chunk: int) -> dict[str, float]:
+    """Median seconds per update over chunks of `chunk` steps and one read; the methods take
+    turns and the first mover rotates."""
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     names = list(learners)
     samples: dict[str, list[float]] = {n: [] for n in names}
@@ -103,30 +124,40 @@ def _interleaved(learners: dict[str, SacLearner], batch: dict, device: str, repe
         for name in names[shift:] + names[:shift]:
             sync()
             start = time.perf_counter()
-            learners[name].update(batch)
+            for _ in range(chunk):
+                learners[name].step(batch)
+            learners[name].read_metrics()
             sync()
             if r >= warmup:
-                samples[name].append(time.perf_counter() - start)
+                samples[name].append((time.perf_counter() - start) / chunk)
     return {n: statistics.median(ts) for n, ts in samples.items()}
 
 
 def main(device: str = "cpu", quick: bool = False) -> list[dict]:
     """Print the table and return its rows. `quick`: a smoke run (small nets, few repeats)."""
     hidden, n = ((32, 32), 4) if quick else ((400, 400, 400), 128)
-    repeats, warmup = (1, 0) if quick else ((15, 2) if device.startswith("cuda") else (3, 1))
+    cuda = device.startswith("cuda")
+    repeats, warmup, chunk = (1, 0, 1) if quick else ((15, 2, 20) if cuda else (3, 1, 3))
+    methods = [m for m in METHODS if cuda or not m.endswith(", eager")]
     rows = []
     print(f"SAC update time vs plain SAC (sum) on {device}")
     print(f"{'case':40} {'method':28} {'ms/update':>10} {'ratio vs sum':>13}", flush=True)
     for suite, K in (("MT10", 10), ("MT50", 50)):
-        learners = {c: _learner(K, c, hidden, device) for c in ("sum", "pcgrad", "naive")}
-        times = _interleaved(learners, _batch(K, n), device, repeats, warmup)
+        learners = {m: _learner(K, m, hidden, device) for m in methods}
+        if cuda:    # warm-up steps and the graph capture stay out of the timing
+            for learner in learners.values():
+                for _ in range(5):
+                    learner.step(_batch(K, n))
+                learner.read_metrics()
+        times = _interleaved(learners, _batch(K, n), device, repeats, warmup, chunk)
         case = f"{suite} K={K} obs {OBS}+{K} {'x'.join(map(str, hidden))} {n}/task"
-        for name, label in (("sum", "sac (sum)"), ("pcgrad", "sac + pcgrad (task-split)"),
-                            ("naive", "sac + naive pcgrad loop")):
-            row = {"case": case, "method": label, "ms": 1e3 * times[name],
-                   "ratio": times[name] / times["sum"], "device": device}
+        for label in methods:
+            row = {"case": case, "method": label, "ms": 1e3 * times[label],
+                   "ratio": times[label] / times["sac (sum)"], "device": device}
             rows.append(row)
-            print(f"{case:40} {label:28} {row['ms']:10.1f} {row['ratio']:12.2f}x", flush=True)
+            print(f"{case:40} {label:28} {row['ms']:10.2f} {row['ratio']:12.2f}x", flush=True)
+        print(f"{case:40} {'sum now / before':28} {'':10} "
+              f"{times['sac (sum)'] / times['sac (sum), before']:12.2f}x", flush=True)
     return rows
 
 

@@ -47,7 +47,7 @@ class DeviceMetrics:
             return
         names = list(values)
         cols = self._columns_cached(names)
-        v = torch.stack([values[n].detach().reshape(()).to(torch.float64) for n in names])
+        v = torch.stack([self._scalar(values[n]) for n in names])
         if ok is None:
             self._sums.index_add_(0, cols, v)
             self._counts.index_add_(0, cols, torch.ones_like(v))
@@ -56,6 +56,12 @@ class DeviceMetrics:
         # where, not w * v: a skipped update's NaN must not reach the sums (NaN · 0 = NaN).
         self._sums.index_add_(0, cols, torch.where(ok, v, torch.zeros_like(v)))
         self._counts.index_add_(0, cols, w.expand_as(v))
+
+    def _scalar(self, value) -> torch.Tensor:
+        if isinstance(value, torch.Tensor):
+            return value.detach().reshape(()).to(torch.float64)
+        # A Python number was read on the host already; it costs a copy to the device.
+        return torch.as_tensor(float(value), dtype=torch.float64, device=self.device)
 
     def _columns_cached(self, names: list[str]) -> torch.Tensor:
         # The column index of a given key list is built once: no host-to-device copy per update.
@@ -87,11 +93,14 @@ class DeviceNonFiniteGuard:
         self.device = torch.device(device)
         # [total, run, longest run since read, part that failed last (index + 1, 0: none)]
         self._state = torch.zeros(4, dtype=torch.int64, device=self.device)
+        self._detail: torch.Tensor | None = None   # the last skipped update's losses and norm
         self.total = 0
         self.run = 0
 
-    def observe(self, ok: torch.Tensor, failed_part: torch.Tensor | None = None) -> None:
-        """`ok`: 0-dim bool, the update stepped; `failed_part`: index into `parts` when not."""
+    def observe(self, ok: torch.Tensor, failed_part: torch.Tensor | None = None,
+                detail: torch.Tensor | None = None) -> None:
+        """`ok`: 0-dim bool, the update stepped; `failed_part`: index into `parts` when not;
+        `detail`: the failed part's losses then its gradient norm, for the message."""
         bad = (~ok).to(torch.int64)
         total, run, longest, part = self._state.unbind()
         run_now = (run + 1) * bad
@@ -99,6 +108,14 @@ class DeviceNonFiniteGuard:
             + (1 - bad) * part
         self._state.copy_(torch.stack([total + bad, run_now, torch.maximum(longest, run_now),
                                        part_now]))
+        if detail is not None:
+            if self._detail is None:
+                self._detail = torch.zeros_like(detail)
+            self._detail.copy_(torch.where(ok, self._detail, detail))
+
+    def sync(self) -> None:
+        """Read `total` and `run` (at a chunk's edge, e.g. for a checkpoint) without judging."""
+        self.total, self.run = self._state[:2].tolist()
 
     def read(self) -> None:
         """Sync `total` and `run`; raise when a run of `max_run` skipped updates happened."""
@@ -107,6 +124,9 @@ class DeviceNonFiniteGuard:
         self._state[2] = run   # the longest run of the next chunk starts from the current one
         if longest >= self.max_run:
             what = self.parts[part - 1] if part > 0 else "unknown part"
+            if self._detail is not None:
+                values = self._detail.tolist()
+                what += f" losses {values[:-1]}, gradient norm {values[-1]}"
             raise NonFiniteLossError(
                 f"{longest} consecutive non-finite updates (last: {what}); stopping. Lower "
                 f"learner.lr or check the rewards.")

@@ -20,11 +20,12 @@ task vectors", §4.2). So (M_k, β_k) are in `task_parameters()[k]`: the combine
 them, each gets its own task's gradient, as the heads of `multihead` do. The task networks are
 "randomly initialised" (§4.2): each M_k, β_k like an n→n `nn.Linear`.
 
-Task ids. `task_id` is either one id per row (`[N]`, what rollout actors pass) or a 0-dim
-tensor meaning every row is that task. The learner uses the latter inside `torch.func.vmap`
-over task-major batches, where indexing the stacked per-task weights by a batched 0-dim id
-turns every per-task layer into one batched matmul, instead of materialising an n×n matrix per
-row.
+Task ids. `task_id` is one id per row (`[N]` with x `[N, in]`, what rollout actors pass), one
+id per task block (`[K]` with task-major x `[K, n, in]`, what the learner's batched update
+passes: each per-task layer is then one batched matmul over the K blocks), or a 0-dim tensor
+meaning every row is that task (inside `torch.func.vmap` over task-major batches, where the id
+is batched and the layer again becomes one batched matmul). None of them materialises an n×n
+matrix per row.
 """
 from __future__ import annotations
 
@@ -75,8 +76,11 @@ class TaskLinear(nn.Module):
             # which fails under vmap (the id is batched there).
             k = task_id.reshape(1)
             return F.linear(x, W.index_select(0, k)[0], b.index_select(0, k)[0])
+        if x.dim() == 3 and task_id.shape == x.shape[:1]:   # task-major blocks [K, n, in]
+            return torch.baddbmm(b[task_id].unsqueeze(1), x, W[task_id].transpose(1, 2))
         if x.dim() != 2 or task_id.shape != x.shape[:1]:
-            raise ValueError(f"per-row task ids need x [N, in] and task_id [N]; got x "
+            raise ValueError(f"task ids need x [N, in] with task_id [N] (per row), or x "
+                             f"[K, n, in] with task_id [K] (per task block); got x "
                              f"{tuple(x.shape)}, task_id {tuple(task_id.shape)}")
         if x.shape[0] * self.out_features * self.in_features <= _GATHER_LIMIT:
             return torch.einsum("noi,ni->no", W[task_id], x) + b[task_id]

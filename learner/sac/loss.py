@@ -14,8 +14,11 @@ TD target still bootstraps from s′ (the replay keeps the true final observatio
 constant in the critic and actor terms and Q a constant of the alpha term: each term trains
 only its own network. Diagnostics are under "stats/" and are detached.
 
-Each function takes plain tensors of shape [n] (one task's rows), so the learner can evaluate
-them per task inside `torch.func.vmap`, and the tests can check them row by row.
+Each function takes plain tensors of shape [..., n]: the rows last, any leading axes kept. The
+learner passes task-major [K, n] tensors (α as [K, 1]) and gets every task's term, [K], from one
+batched evaluation; inside `torch.func.vmap` over tasks (the per-task gradients of PCGrad) the
+same functions see one task's [n] rows. Means are over the rows only, so task k's term reads
+only its own rows either way.
 """
 from __future__ import annotations
 
@@ -25,8 +28,9 @@ import torch
 def _check_rows(**tensors: torch.Tensor) -> None:
     shapes = {name: tuple(t.shape) for name, t in tensors.items()}
     first = next(iter(shapes.values()))
-    if len(first) != 1 or any(s != first for s in shapes.values()):
-        raise ValueError(f"SAC loss inputs must all be [n] (one task's rows); got {shapes}")
+    if len(first) < 1 or any(s != first for s in shapes.values()):
+        raise ValueError(f"SAC loss inputs must all be [..., n] of one shape (rows last); "
+                         f"got {shapes}")
 
 
 def td_target(reward: torch.Tensor, terminated: torch.Tensor, next_q1: torch.Tensor,
@@ -49,10 +53,10 @@ def critic_loss(q1: torch.Tensor, q2: torch.Tensor, reward: torch.Tensor,
     y = td_target(reward, terminated, next_q1, next_q2, next_log_prob, alpha.detach(),
                   discount=discount, reward_scale=reward_scale)
     return {
-        "critic": (q1 - y).pow(2).mean() + (q2 - y).pow(2).mean(),
-        "stats/q1": q1.detach().mean(),
-        "stats/q2": q2.detach().mean(),
-        "stats/target": y.mean(),
+        "critic": (q1 - y).pow(2).mean(-1) + (q2 - y).pow(2).mean(-1),
+        "stats/q1": q1.detach().mean(-1),
+        "stats/q2": q2.detach().mean(-1),
+        "stats/target": y.mean(-1),
     }
 
 
@@ -61,18 +65,20 @@ def actor_loss(log_prob: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor,
     """{"actor": J_π, "stats/entropy": −mean log π(ã|s)}; Q_j(s, ã) from the current critics."""
     _check_rows(log_prob=log_prob, q1=q1, q2=q2)
     return {
-        "actor": (alpha.detach() * log_prob - torch.minimum(q1, q2)).mean(),
-        "stats/entropy": -log_prob.detach().mean(),
+        "actor": (alpha.detach() * log_prob - torch.minimum(q1, q2)).mean(-1),
+        "stats/entropy": -log_prob.detach().mean(-1),
     }
 
 
 def alpha_loss(log_alpha: torch.Tensor, log_prob: torch.Tensor,
                target_entropy: float) -> dict[str, torch.Tensor]:
-    """{"alpha": J(α), "stats/alpha": α}; `log_alpha` is this task's scalar log α_k."""
+    """{"alpha": J(α), "stats/alpha": α}; `log_alpha` holds one log α_k per leading index of
+    `log_prob` (a scalar for one task's [n] rows, [K] for [K, n])."""
     _check_rows(log_prob=log_prob)
-    if log_alpha.dim() != 0:
-        raise ValueError(f"log_alpha must be one task's scalar, got shape {tuple(log_alpha.shape)}")
+    if tuple(log_alpha.shape) != tuple(log_prob.shape[:-1]):
+        raise ValueError(f"log_alpha must have one entry per task, shape {tuple(log_prob.shape[:-1])}; "
+                         f"got {tuple(log_alpha.shape)}")
     return {
-        "alpha": -(log_alpha * (log_prob.detach() + target_entropy)).mean(),
+        "alpha": -(log_alpha[..., None] * (log_prob.detach() + target_entropy)).mean(-1),
         "stats/alpha": log_alpha.detach().exp(),
     }

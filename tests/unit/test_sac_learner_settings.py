@@ -93,7 +93,10 @@ def test_a_nonfinite_actor_step_keeps_the_critic_step_and_skips_the_rest():
     assert _moves(before.critic_target, learner.critic_target) == 0
     assert torch.equal(learner.log_alpha, before.log_alpha)
     assert learner.updates == 0 and learner.nonfinite_total == 1
-    assert all(p.grad is None for p in learner.actor.parameters())
+    # Skipped through Adam's found-inf flag: its moments and step count did not move either.
+    assert all(float(st["step"]) == 0 and not st["exp_avg"].any()
+               for st in learner.actor_optimizer.state.values())
+    assert not any(k.startswith(("loss/actor/", "learner/grad_norm/actor")) for k in metrics)
 
 
 def test_a_nonfinite_alpha_step_keeps_the_critic_and_actor_steps():
@@ -102,9 +105,12 @@ def test_a_nonfinite_alpha_step_keeps_the_critic_and_actor_steps():
     before = copy.deepcopy(learner)
     metrics = learner.update(_batch(6))
     assert metrics["learner/nonfinite_total"] == 1 and learner.nonfinite.run == 1
-    assert all(math.isinf(metrics[f"loss/alpha/t{k}"]) for k in range(K))
+    # A skipped part's values stay out of the averages (they would poison them); the count
+    # and the stopping message carry them.
+    assert not any(k.startswith("loss/alpha/") for k in metrics)
     assert _moves(before.critic, learner.critic) > 0 and _moves(before.actor, learner.actor) > 0
-    assert torch.equal(learner.log_alpha, before.log_alpha) and learner.log_alpha.grad is None
+    assert torch.equal(learner.log_alpha, before.log_alpha)
+    assert all(float(st["step"]) == 0 for st in learner.alpha_optimizer.state.values())
     assert _moves(before.critic_target, learner.critic_target) == 0 and learner.updates == 0
     learner.nonfinite.max_run = 2
     with pytest.raises(NonFiniteLossError, match=r"\(last: alpha losses \[inf"):
@@ -144,7 +150,7 @@ def test_bad_specs_and_batches_are_named_in_full():
         learner.update(b)
     b = {k: v[:, :0] if k in ("obs", "action", "reward", "next_obs", "terminated", "truncated")
          else v for k, v in _batch(0).items()}                     # no rows at all
-    with pytest.raises(ValueError, match=r"got shapes \{'reward': torch.Size\(\[3, 0\]\)\}$"):
+    with pytest.raises(ValueError, match=r"got shapes \{'reward': \(3, 0\)\}$"):
         learner.update(b)
 
 
@@ -161,7 +167,7 @@ def test_both_combiners_take_the_configured_options():
 @pytest.mark.parametrize("model, combiner, heads_in_pass", [
     ("multihead", "pcgrad", True),    # output heads: at most double G[K, ·]
     ("dgrad_a", "pcgrad", False),     # K task networks: K² n² numbers per layer in one pass
-    ("dgrad_a", "sum", True),         # fixed weights: one backward of Σ_k J_k, no G at all
+    ("dgrad_a", "sum", None),         # fixed weights: one batched forward and backward, no vmap
     ("mtsac", "pcgrad", False),       # no task parameters
 ])
 def test_which_task_parameters_ride_in_the_vmapped_pass(monkeypatch, model, combiner,
@@ -176,7 +182,8 @@ def test_which_task_parameters_ride_in_the_vmapped_pass(monkeypatch, model, comb
     learner = _learner(model, combiner)
     before = copy.deepcopy(learner)
     learner.update(_batch(7))
-    assert [p is not None for p in passed] == [heads_in_pass] * 2     # critic, actor
+    expected = [] if heads_in_pass is None else [heads_in_pass] * 2    # critic, actor
+    assert [p is not None for p in passed] == expected
     for net in ("critic", "actor"):     # every task parameter still got its gradient
         for ps in getattr(learner, net).task_parameters():
             for p in ps:
@@ -195,6 +202,7 @@ def test_a_finite_loss_with_an_infinite_gradient_is_skipped(net):
     learner.nonfinite.max_run = 2
     metrics = learner.update(_batch(8))
     assert metrics["learner/nonfinite_total"] == 1 and learner.updates == 0
-    assert math.isinf(metrics[f"learner/grad_norm/{net}"])
-    assert all(math.isfinite(v) for k, v in metrics.items() if k.startswith(f"loss/{net}/"))
+    assert f"learner/grad_norm/{net}" not in metrics     # skipped: left out of the averages
     assert _moves(getattr(before, net), getattr(learner, net)) == 0
+    with pytest.raises(NonFiniteLossError, match=rf"last: {net} losses \[[^n]*\], gradient norm inf"):
+        learner.update(_batch(8))

@@ -97,7 +97,7 @@ def test_each_term_trains_only_its_own_quantity():
 
 def test_mismatched_shapes_are_named():
     x = torch.zeros(4)
-    with pytest.raises(ValueError, match="one task's rows"):
+    with pytest.raises(ValueError, match=r"\[\.\.\., n\] of one shape"):
         critic_loss(x, x, torch.zeros(5), x.bool(), x, x, x, torch.tensor(1.0), discount=0.9)
     with pytest.raises(ValueError, match="log_alpha"):
         alpha_loss(torch.zeros(2), x, -1.0)
@@ -118,12 +118,33 @@ def test_stats_are_the_means_of_q_the_target_and_alpha():
     assert got["stats/alpha"].item() == pytest.approx(ALPHAS[2], rel=1e-12)
 
 
-def test_rows_must_be_one_dimensional():
-    x = torch.zeros(2, 3)
-    with pytest.raises(ValueError, match=r"must all be \[n\].*'log_prob': \(2, 3\)"):
-        actor_loss(x, x, x, torch.tensor(1.0))
-    with pytest.raises(ValueError, match=r"one task's scalar, got shape \(2,\)"):
+def test_task_major_rows_give_each_tasks_term_as_one_task_alone_would():
+    b = _rows(seed=6)
+    alpha = torch.tensor(ALPHAS, dtype=torch.float64)
+    log_alpha = alpha.log()
+    batched = {
+        "critic": critic_loss(b["q1"], b["q2"], b["reward"], b["terminated"], b["next_q1"],
+                              b["next_q2"], b["next_log_prob"], alpha[:, None], discount=GAMMA),
+        "actor": actor_loss(b["log_prob"], b["q1"], b["q2"], alpha[:, None]),
+        "alpha": alpha_loss(log_alpha, b["log_prob"], H_BAR)}
+    for k in range(len(ALPHAS)):
+        alone = {
+            "critic": critic_loss(b["q1"][k], b["q2"][k], b["reward"][k], b["terminated"][k],
+                                  b["next_q1"][k], b["next_q2"][k], b["next_log_prob"][k],
+                                  alpha[k], discount=GAMMA),
+            "actor": actor_loss(b["log_prob"][k], b["q1"][k], b["q2"][k], alpha[k]),
+            "alpha": alpha_loss(log_alpha[k], b["log_prob"][k], H_BAR)}
+        for part, terms in alone.items():
+            for name, value in terms.items():
+                assert batched[part][name][k].item() == pytest.approx(value.item(), rel=1e-12), \
+                    (part, name, k)
+
+
+def test_log_alpha_needs_one_entry_per_task():
+    with pytest.raises(ValueError, match=r"one entry per task, shape \(\)"):
         alpha_loss(torch.zeros(2), torch.zeros(4), -1.0)
+    with pytest.raises(ValueError, match=r"one entry per task, shape \(3,\)"):
+        alpha_loss(torch.zeros(2), torch.zeros(3, 4), -1.0)
 
 
 _ROW_ARGS = {
@@ -141,7 +162,7 @@ def test_every_row_input_is_shape_checked(fn, odd):
     args = [torch.zeros(1 if name == odd else 4, dtype=torch.bool if name == "terminated"
                         else torch.float32) for name in names]
     kwargs = {"discount": 0.9} if fn is not actor_loss else {}
-    with pytest.raises(ValueError, match=rf"one task's rows.*'{odd}': \(1,\)"):
+    with pytest.raises(ValueError, match=rf"of one shape.*'{odd}': \(1,\)"):
         fn(*args, torch.tensor(0.5), **kwargs)
 
 
