@@ -145,8 +145,9 @@ class ReplayConfig(_Section):
     redis: RedisReplayConfig = Field(RedisReplayConfig(), description="The Redis of replay.backend: redis.")
     capacity_per_task: int = Field(1_000_000, ge=1, description="Transitions kept per task (a ring buffer each).")
     learning_starts: int = Field(
-        1_500, ge=1, description="Transitions per task before the learner samples; until the first "
-                                 "update is published, actors act uniformly at random.")
+        100, ge=1, description="Transitions per task before the learner samples (Stable-Baselines3's "
+                               "100; the Meta-World configs set the papers' 1500); until the first "
+                               "update is published, actors act uniformly at random.")
     samples_per_insert: float | Literal["auto"] | None = Field(
         "auto", description="Rate limit (Reverb's SampleToInsertRatio): sampled transitions per "
                             "inserted one. auto: learner.sac.batch_per_task, i.e. one update per "
@@ -222,8 +223,8 @@ class SacConfig(_Section):
     model: Literal["mtsac", "multihead", "dgrad_a"] = Field(
         "mtsac", description="mtsac: one MLP reading the one-hot task id; multihead: one output "
                              "head per task; dgrad_a: per-layer task networks M(z)x + beta(z) (paper 004).")
-    hidden: tuple[int, ...] = Field((400, 400, 400), min_length=1, description="Hidden units per layer of actor and critics.")
-    batch_per_task: int = Field(128, ge=1, description="Transitions of each task in every batch (task-balanced).")
+    hidden: tuple[int, ...] = Field((256, 256), min_length=1, description="Hidden units per layer of actor and critics (Stable-Baselines3's and CleanRL's single-task size; the Meta-World configs set the papers' 3x400).")
+    batch_per_task: int = Field(256, ge=1, description="Transitions of each task in every batch (task-balanced); 256 as Stable-Baselines3 and CleanRL, the Meta-World configs set the papers' 128.")
     actor_lr: float = Field(3e-4, gt=0, description="Adam learning rate of the policy.")
     critic_lr: float = Field(3e-4, gt=0, description="Adam learning rate of the twin Q critics.")
     alpha_lr: float = Field(3e-4, gt=0, description="Adam learning rate of each task's log temperature.")

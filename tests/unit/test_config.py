@@ -223,7 +223,7 @@ def test_task_names_are_made_canonical():
 
 def test_sac_rate_limit_defaults_to_one_update_per_env_step_of_every_task():
     sac = ["env.kind=gym", "env.tasks=[Pendulum-v1]", "learner.algorithm=sac"]
-    assert load_config(None, sac).replay.samples_per_insert == 128.0  # learner.sac.batch_per_task
+    assert load_config(None, sac).replay.samples_per_insert == 256.0  # learner.sac.batch_per_task
     assert load_config(None, [*sac, "learner.sac.batch_per_task=64"]).replay.samples_per_insert == 64.0
     assert load_config(None, [*sac, "replay.samples_per_insert=null"]).replay.samples_per_insert is None
     assert load_config(None, [*sac, "replay.samples_per_insert=3"]).replay.samples_per_insert == 3.0
