@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from combiners import apply_combined, apply_task_split, make_combiner, task_split_losses
+from combiners import Sum, apply_combined, apply_task_split, make_combiner, task_split_losses
 from learner.algorithm import rng_state, set_rng_state
 from learner.device_metrics import DeviceMetrics, DeviceNonFiniteGuard
 from learner.sac.loss import actor_loss, alpha_loss, critic_loss
@@ -59,9 +59,13 @@ class _TaskSplit:
     task network exactly its own task's gradient.
     """
 
-    def __init__(self, model: nn.Module, task_names: list[str]):
+    def __init__(self, model: nn.Module, task_names: list[str], combiner):
         names = {id(p): n for n, p in model.named_parameters()}
         self.model = model
+        # Σ_k J_k exactly (the MT-SAC baseline): its gradient is one plain backward, and every
+        # head's gradient is its own task's, with no weight to apply or read.
+        self.plain_sum = isinstance(combiner, Sum) and (
+            combiner.weights is None or all(w == 1.0 for w in combiner.weights))
         self.task_names = task_names
         self.shared = [names[id(p)] for p in model.shared_parameters()]
         self.shared_params = [(n, p) for n, p in model.named_parameters() if n in set(self.shared)]
@@ -78,12 +82,18 @@ class _TaskSplit:
         """Write every `.grad` of the model; return the combiner's stats and the stacked aux.
         `batches` are task-major; `task_ids` is `[K]`."""
         K = len(self.task_names)
-        if combiner.fixed_weights(K) is not None:
+        if self.plain_sum or combiner.fixed_weights(K) is not None:
             # One batched forward gives all K task losses; one backward of Σ_k w_k J_k.
             L, aux = loss_fn(self.model, *batches[:1], task_ids, *batches[1:])
+            aux = {k: v.detach() for k, v in aux.items()}
+            if self.plain_sum:
+                params = list(self.model.parameters())
+                for p, g in zip(params, torch.autograd.grad(L.sum(), params)):
+                    p.grad = g
+                return {}, aux
             stats = apply_combined(combiner, dict(zip(self.task_names, L.unbind())),
                                    self.shared_params, self.heads_by_task)
-            return stats, {k: v.detach() for k, v in aux.items()}
+            return stats, aux
         separate = self.heads is not None and not self.heads_in_pass
         per_task = (*batches[:1], task_ids, *batches[1:])
         stats, aux = apply_task_split(
@@ -146,8 +156,8 @@ class SacLearner:
         # PCGrad treats the critic and the actor separately (paper 003, §4; paper 004, §4.3).
         self.critic_combiner = make_combiner(ccfg.name, **ccfg.options)
         self.actor_combiner = make_combiner(ccfg.name, **ccfg.options)
-        self._critic_split = _TaskSplit(self.critic, self.tasks)
-        self._actor_split = _TaskSplit(self.actor, self.tasks)
+        self._critic_split = _TaskSplit(self.critic, self.tasks, self.critic_combiner)
+        self._actor_split = _TaskSplit(self.actor, self.tasks, self.actor_combiner)
         self._task_ids = torch.arange(K, device=self.device)
         self._target_params = list(self.critic_target.parameters())
         self._online_params = list(self.critic.parameters())
