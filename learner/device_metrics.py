@@ -71,6 +71,14 @@ class DeviceMetrics:
             cache[key] = self._columns(names)
         return cache[key]
 
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        return {"sums": self._sums, "counts": self._counts}
+
+    def restore(self, saved: dict[str, torch.Tensor]) -> None:
+        """Put back a `snapshot()` (a copy of it) into the same buffers."""
+        self._sums.copy_(saved["sums"])
+        self._counts.copy_(saved["counts"])
+
     def read(self) -> dict[str, float]:
         """Means since the last read (one host read), then start again from zero."""
         if not self.names:
@@ -112,6 +120,14 @@ class DeviceNonFiniteGuard:
             if self._detail is None:
                 self._detail = torch.zeros_like(detail)
             self._detail.copy_(torch.where(ok, self._detail, detail))
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        return {"state": self._state, **({"detail": self._detail} if self._detail is not None else {})}
+
+    def restore(self, saved: dict[str, torch.Tensor]) -> None:
+        self._state.copy_(saved["state"])
+        if "detail" in saved:
+            self._detail.copy_(saved["detail"])
 
     def sync(self) -> None:
         """Read `total` and `run` (at a chunk's edge, e.g. for a checkpoint) without judging."""

@@ -164,8 +164,8 @@ class SacLearner:
         self.batch = StaticBatch(K, obs_dim, A, self.device)
         self.metrics = DeviceMetrics(self.device)
         self.nonfinite = DeviceNonFiniteGuard(self.lcfg.max_nonfinite_run, self.device, _PARTS)
-        self._runner = StepRunner(self._update, self.compile_mode, self.device, name="SAC update",
-                                  save=self.state_dict, load=self._load_weights_and_optimizers)
+        self._runner = StepRunner(self._update, self.compile_mode, self.device,
+                                  save=self._snapshot, load=self._restore, name="SAC update")
         self.steps = 0           # update steps taken (skipped ones too)
         self.frames = 0
 
@@ -299,6 +299,25 @@ class SacLearner:
     def state_dict(self) -> dict:
         self.nonfinite.sync()
         return {
+            **self._weights_and_optimizers(),
+            "counters": {"updates": self.updates, "frames": self.frames,
+                         "nonfinite_total": self.nonfinite.total, "nonfinite_run": self.nonfinite.run},
+            "rng": rng_state(),
+        }
+
+    def _snapshot(self) -> dict:
+        """What one update changes (weights, optimizers, combiners, the device-side metric
+        sums and non-finite counts): the step runner checks its fast path against it."""
+        return {"learner": self._weights_and_optimizers(), "metrics": self.metrics.snapshot(),
+                "nonfinite": self.nonfinite.snapshot()}
+
+    def _restore(self, saved: dict) -> None:
+        self._load_weights_and_optimizers(saved["learner"])
+        self.metrics.restore(saved["metrics"])
+        self.nonfinite.restore(saved["nonfinite"])
+
+    def _weights_and_optimizers(self) -> dict:
+        return {
             "actor": self.actor.state_dict(),
             "critic": self.critic.state_dict(),
             "critic_target": self.critic_target.state_dict(),
@@ -308,13 +327,9 @@ class SacLearner:
                            "alpha": self.alpha_optimizer.state_dict()},
             "combiners": {"critic": self.critic_combiner.state_dict(),
                           "actor": self.actor_combiner.state_dict()},
-            "counters": {"updates": self.updates, "frames": self.frames,
-                         "nonfinite_total": self.nonfinite.total, "nonfinite_run": self.nonfinite.run},
-            "rng": rng_state(),
         }
 
     def _load_weights_and_optimizers(self, state: dict) -> None:
-        """Everything but the counters and RNG: undoes a failed first compiled update."""
         self.actor.load_state_dict(state["actor"])
         self.critic.load_state_dict(state["critic"])
         self.critic_target.load_state_dict(state["critic_target"])
