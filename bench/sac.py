@@ -12,6 +12,8 @@ Meta-World's (papers 003/004): MT10 (K=10 tasks, obs 39 + 10 one-hot) and MT50 (
 - `sac + pcgrad (task-split)`: K per-task gradients on the shared weights from one vmapped
   pass, then PCGrad on the device.
 - `..., eager` (CUDA only): the same update with `learner.compile: off`, what the graph saves.
+- `sac (sum), compiled`: `learner.compile: compile` (torch.compile; its compile time is spent
+  in the warm-up, outside the timing; left out of `--quick`).
 - `sac (sum), before`: the update as it ran before it was a device program
   (bench/sac_before.py): vmapped losses, host reads of every metric and check, unfused Adam.
 - `sac + naive pcgrad loop`: K forward/backward passes per network, then Alg. 1 of paper 003
@@ -75,6 +77,7 @@ METHODS = {
     "sac (sum)": ("sum", "auto", SacLearner),
     "sac + pcgrad (task-split)": ("pcgrad", "auto", SacLearner),
     "sac (sum), eager": ("sum", "off", SacLearner),
+    "sac (sum), compiled": ("sum", "compile", SacLearner),
     "sac + pcgrad, eager": ("pcgrad", "off", SacLearner),
     "sac (sum), before": ("sum", "off", HostSyncedSacLearner),
     "sac + naive pcgrad loop": ("naive", "off", SacLearner),
@@ -144,13 +147,13 @@ def main(device: str = "cpu", quick: bool = False) -> list[dict]:
     for suite, K in (("MT10", 10), ("MT50", 50)):
         # The naive loop's K passes per network make MT50 minutes long; MT10 shows its cost.
         methods = [m for m in METHODS if (cuda or not m.endswith(", eager"))
-                   and (K == 10 or m != "sac + naive pcgrad loop")]
+                   and (K == 10 or m != "sac + naive pcgrad loop")
+                   and not (quick and m.endswith(", compiled"))]
         learners = {m: _learner(K, m, hidden, device) for m in methods}
-        if cuda:    # warm-up steps and the graph capture stay out of the timing
-            for learner in learners.values():
-                for _ in range(5):
-                    learner.step(_batch(K, n))
-                learner.read_metrics()
+        for learner in learners.values():   # warm-up, capture and compile stay out of the timing
+            for _ in range(5 if cuda else (3 if learner.compile_mode == "compile" else 0)):
+                learner.step(_batch(K, n))
+            learner.read_metrics()
         times = _interleaved(learners, _batch(K, n), device, repeats, warmup, chunk)
         case = f"{suite} K={K} obs {OBS}+{K} {'x'.join(map(str, hidden))} {n}/task"
         for label in methods:
