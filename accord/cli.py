@@ -222,8 +222,15 @@ def bench_service(
     shards: int = typer.Option(4, min=1, help="Queue shards to compare with one."),
     seconds: float = typer.Option(15.0, min=1.0, help="Measured seconds per shard count."),
     unrolls_per_insert: int = typer.Option(1, min=1, help="Unrolls per insert call."),
+    wakeups: bool = typer.Option(False, help="Instead: the queue's wake-up rules under --producers "
+                                              "blocked producers (asyncio, no Ray), side by side."),
 ) -> None:
     """Unroll inserts/s, MB/s and the learner's wait fraction for 1 and S queue shards."""
+    if wakeups:
+        from bench.queue_wakeups import main as wakeups_main
+
+        wakeups_main(producers, seconds=min(seconds, 5.0))
+        return
     from bench.service import main as service_main
 
     service_main(producers, shards, seconds, unrolls_per_insert)

@@ -120,6 +120,7 @@ TABLE: list[tuple[str, str, dict[str, str], str]] = [
     (r"queue/depth", "accord_queue_depth", {}, "Unrolls waiting in the queue"),
     (r"queue/capacity", "accord_queue_capacity", {}, "Queue capacity in unrolls"),
     (r"queue/blocked_seconds", "accord_queue_blocked_seconds", {}, "Seconds inserts waited on a full queue"),
+    (r"queue/wakeups", "accord_queue_wakeups", {}, "Blocked inserts and samples woken to check the queue again"),
     (r"replay/size", "accord_replay_depth", {"task": "all"}, "Transitions in the replay table"),
     (rf"replay/size/(?P<task>{_SEG})", "accord_replay_depth", {}, "Transitions in the replay table"),
     (r"replay/blocked_insert_seconds", "accord_replay_blocked_insert_seconds", {}, "Seconds inserts waited on the rate limiter"),

@@ -8,6 +8,13 @@ bounds and counts.
 Back-pressure: `insert` awaits while the table is full, so a fast actor fleet slows to the
 learner's pace instead of growing memory; every insert that had to wait is counted.
 
+Wake-ups: inserters and samplers wait on two conditions of one lock. A sample of n items wakes
+at most n blocked inserters, one per freed slot, in the order they began to wait; an insert
+wakes the samplers only (the learner: one or a few). Waking every waiter on every change
+(`wake="all"`, kept for `accord bench service --wakeups`) makes each sample cost a predicate
+check per blocked producer: with 200 actors blocked on a full queue, 200 checks to admit n of
+them. `wakeups` counts the predicate checks of woken waiters.
+
 Traffic: one call inserts a batch of references, and its reply carries the newest weights
 version the learner published, so an actor asks the weight store only when there is something
 new rather than once per unroll. The queue shards across several of these actors
@@ -27,15 +34,32 @@ from replay.tables import Table, make_table
 class QueueService:
     """Plain class (unit-testable under asyncio); `QueueActor` below is its Ray wrapper."""
 
-    def __init__(self, table: Table):
+    def __init__(self, table: Table, wake: str = "one"):
+        if wake not in ("one", "all"):
+            raise ValueError(f"wake must be 'one' (a waiter per freed slot) or 'all', got {wake!r}")
         self.table = table
-        self._changed = asyncio.Condition()
+        self.wake = wake
+        lock = asyncio.Lock()
+        self._space = asyncio.Condition(lock)   # inserters wait here for a free slot
+        self._items = asyncio.Condition(lock)   # samplers wait here for enough items
         self.inserted = 0
         self.sampled = 0
         self.blocked_inserts = 0
         self.blocked_seconds = 0.0
+        self.wakeups = 0
         self.inserted_per_task: dict[int, int] = {}
         self.weights_version = -1
+
+    def _checked(self, predicate):
+        """`predicate`, counting each check after the first (each is a wake-up)."""
+        first = [True]
+
+        def check() -> bool:
+            if not first[0]:
+                self.wakeups += 1
+            first[0] = False
+            return predicate()
+        return check
 
     def set_weights_version(self, version: int) -> None:
         """The learner published `version`: the next insert replies tell the actors. The newest
@@ -49,29 +73,36 @@ class QueueService:
             task_ids = [task_ids] * len(wrapped_refs)
         if len(task_ids) != len(wrapped_refs):
             raise ValueError(f"queue insert: {len(wrapped_refs)} items but {len(task_ids)} task ids")
-        async with self._changed:
+        async with self._space:
             for item, task_id in zip(wrapped_refs, task_ids):
                 if not self.table.can_insert():
                     self.blocked_inserts += 1
                     start = time.monotonic()
-                    await self._changed.wait_for(self.table.can_insert)
+                    await self._space.wait_for(self._checked(self.table.can_insert))
                     self.blocked_seconds += time.monotonic() - start
                 self.table.insert(item, task_id)
                 self.inserted += 1
                 self.inserted_per_task[task_id] = self.inserted_per_task.get(task_id, 0) + 1
-                self._changed.notify_all()
+                self._items.notify_all()
+                if self.wake == "all":
+                    self._space.notify_all()
             return {"depth": len(self.table), "weights_version": self.weights_version}
 
     async def sample(self, n: int, timeout: float | None = None) -> list[Any] | None:
         """n items, waiting up to `timeout` seconds for them; None on timeout."""
-        async with self._changed:
+        async with self._items:
             try:
-                await asyncio.wait_for(self._changed.wait_for(lambda: self.table.can_sample(n)), timeout)
+                await asyncio.wait_for(
+                    self._items.wait_for(self._checked(lambda: self.table.can_sample(n))), timeout)
             except asyncio.TimeoutError:
                 return None
             items = self.table.sample(n)
             self.sampled += n
-            self._changed.notify_all()
+            if self.wake == "all":
+                self._space.notify_all()
+                self._items.notify_all()
+            else:
+                self._space.notify(len(items))   # one blocked inserter per freed slot
             return items
 
     def stats(self) -> dict[str, float]:
@@ -82,6 +113,7 @@ class QueueService:
             "queue/sampled": float(self.sampled),
             "queue/blocked_inserts": float(self.blocked_inserts),
             "queue/blocked_seconds": self.blocked_seconds,
+            "queue/wakeups": float(self.wakeups),
         }
 
 

@@ -118,6 +118,35 @@ def test_several_blocked_inserts_enter_as_room_frees():
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("wake, checks", [("one", 2), ("all", 40)])
+def test_a_sample_wakes_one_blocked_insert_per_freed_slot(wake, checks):
+    """40 producers blocked on a full queue; a sample of 2 lets the first two in. Waking one
+    waiter per freed slot checks the queue twice; waking all of them, 40 times."""
+    async def main():
+        service = QueueService(FifoTable(capacity=4), wake=wake)
+        await service.insert(["a", "b", "c", "d"], 0)
+        waiting = [asyncio.create_task(service.insert([f"p{i}"], 0)) for i in range(40)]
+        await _settle()
+        assert service.blocked_inserts == 40 and service.wakeups == 0
+        assert await service.sample(2) == ["a", "b"]
+        await _settle()
+        assert service.wakeups == checks
+        assert [t.done() for t in waiting] == [True, True] + [False] * 38
+        assert await service.sample(4) == ["c", "d", "p0", "p1"]
+        await _settle()
+        assert [t.done() for t in waiting] == [True] * 6 + [False] * 34
+        assert service.stats()["queue/wakeups"] == service.wakeups
+        for t in waiting:
+            t.cancel()
+
+    asyncio.run(main())
+
+
+def test_the_wake_rule_is_named():
+    with pytest.raises(ValueError, match="wake must be 'one'"):
+        QueueService(FifoTable(capacity=2), wake="some")
+
+
 def test_sample_times_out_with_none_and_the_queue_still_works():
     async def main():
         service = QueueService(FifoTable(capacity=4))
