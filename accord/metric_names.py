@@ -102,6 +102,7 @@ TABLE: list[tuple[str, str, dict[str, str], str]] = [
     (r"learner/lag_mean", "accord_policy_lag", {}, "Mean learner version minus behaviour version of the batches"),
     (r"learner/lost_unrolls", "accord_lost_unrolls", {}, "Unrolls lost with a dead actor, skipped by the learner"),
     (r"learner/sample_timeouts", "accord_learner_sample_timeouts", {}, "Batches the learner waited for in vain"),
+    (r"learner/fetch_timeouts", "accord_learner_fetch_timeouts", {}, "Learner chunks that ended on time while a batch was still on its way"),
     (r"learner/wait_fraction", "accord_learner_wait_ratio", {}, "Fraction of the learner's time spent waiting for data"),
     (r"learner/seconds", "accord_learner_chunk_seconds", {}, "Duration of the last learner chunk"),
     (r"learner/updates_in_chunk", "accord_learner_chunk_updates", {}, "Updates in the last learner chunk"),

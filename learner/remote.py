@@ -48,7 +48,8 @@ class LearnerActor:
         self.learner = build_algorithm(cfg, spec, self.device)
         self.source = build_source(cfg, service)
         self.worker = LearnerWorker(self.learner, self.source, cfg.learner.publish_every,
-                                    publish_weights=self._publish_weights, fetch=ray.get)
+                                    publish_weights=self._publish_weights,
+                                    fetch=lambda request, timeout: ray.get(request, timeout=timeout))
         self.recovered: dict | None = None  # set in a process that Ray restarted
         if restarted_by_ray() and run_dir is not None:
             self.recovered = self._recover(run_dir)

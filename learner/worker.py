@@ -18,12 +18,14 @@ from learner.algorithm import Algorithm, BatchSource
 
 class LearnerWorker:
     """`publish_weights(version, weights)` delivers `algorithm.actor_weights()` to the actors;
-    `fetch(request)` waits for what `source.request()` returned (`ray.get` in a Ray actor);
+    `fetch(request, timeout)` waits at most `timeout` seconds for what `source.request()`
+    returned (`ray.get` in a Ray actor) and raises `TimeoutError` past it, so one slow reply
+    cannot stretch a chunk past `max_seconds`;
     `clock` gives seconds (monotonic), for `max_seconds` and the wait fraction."""
 
     def __init__(self, algorithm: Algorithm, source: BatchSource, publish_every: int,
                  publish_weights: Callable[[int, dict], None],
-                 fetch: Callable[[Any], Any] = lambda request: request,
+                 fetch: Callable[[Any, float], Any] = lambda request, timeout: request,
                  clock: Callable[[], float] = time.monotonic):
         if publish_every < 1:
             raise ValueError(f"publish_every must be >= 1, got {publish_every}")
@@ -36,6 +38,7 @@ class LearnerWorker:
         self._pending = None
         self.published_version = -1
         self.sample_timeouts = 0  # requests that came back empty (the queue was not filled)
+        self.fetch_timeouts = 0   # chunks that ended waiting for a reply
 
     def publish(self) -> int:
         """Publish the current weights, versioned by the update count; returns that version."""
@@ -59,7 +62,13 @@ class LearnerWorker:
             if self._pending is None:
                 self._pending = self.source.request()
             t0 = self._clock()
-            reply = self._fetch(self._pending)
+            try:
+                reply = self._fetch(self._pending, max(0.0, max_seconds - (t0 - start)))
+            except TimeoutError:
+                # The chunk's time is up; the request stays pending for the next chunk.
+                waited += self._clock() - t0
+                self.fetch_timeouts += 1
+                break
             # Ask for the next batch now so it is on its way while this update runs; it stays
             # pending across chunks, so no request is ever dropped.
             self._pending = self.source.request()
@@ -90,5 +99,6 @@ class LearnerWorker:
             "learner/lag_mean": float(np.mean(lags)) if lags else 0.0,
             "learner/lost_unrolls": float(self.source.lost),
             "learner/sample_timeouts": float(timeouts),
+            "learner/fetch_timeouts": float(self.fetch_timeouts),
         })
         return {"metrics": out, "episodes": episodes, "counters": self.counters()}

@@ -81,7 +81,8 @@ class FakeClock:
 def make_worker(replies, publish_every=1, clock=None):
     algorithm, source, published, fetched = CountingAlgorithm(), ScriptedSource(replies), [], []
 
-    def fetch(token):
+    def fetch(token, timeout):
+        assert timeout >= 0
         fetched.append(token)
         return token
 
@@ -152,6 +153,32 @@ def test_a_chunk_that_gets_no_batch_ends_at_max_seconds(tick):
     assert out["metrics"]["learner/seconds"] == 11 * tick
     assert out["metrics"]["learner/wait_fraction"] == pytest.approx(3 / 11)
     assert out["metrics"]["learner/lag_mean"] == 0.0
+
+
+def test_a_reply_slower_than_the_chunk_ends_the_chunk_on_time_and_stays_pending():
+    """The fetch gets what is left of the chunk's seconds; a reply that needs longer ends the
+    chunk (counted), and the next chunk takes the same request."""
+    clock = FakeClock(tick=0.0)
+    ready_at = {0: 0.0, 1: 25.0, 2: 25.0}
+    algorithm, source = CountingAlgorithm(), ScriptedSource([batch(0), batch(1), batch(2)])
+    asked = []
+
+    def fetch(token, timeout):
+        asked.append((token, timeout))
+        if ready_at[token] > clock.now + timeout:
+            clock.now += timeout              # waited all it was allowed to
+            raise TimeoutError
+        clock.now = max(clock.now, ready_at[token])
+        return token
+
+    worker = LearnerWorker(algorithm, source, 1, publish_weights=lambda v, w: None, fetch=fetch,
+                           clock=clock)
+    out = worker.train(max_updates=3, max_seconds=10.0)
+    assert algorithm.seen == [0] and out["metrics"]["learner/seconds"] == 10.0
+    assert asked == [(0, 10.0), (1, 10.0)]
+    assert out["metrics"]["learner/fetch_timeouts"] == 1.0
+    out = worker.train(max_updates=2, max_seconds=30.0)
+    assert algorithm.seen == [0, 1, 2] and asked[2][0] == 1      # the pending request, again
 
 
 def test_counters_before_anything_and_timeouts_add_up_across_chunks():
