@@ -3,7 +3,7 @@
     accord train CONFIG [--set a.b=v ...] [--address ADDR] [--resume RUN_DIR]
     accord eval CHECKPOINT [--episodes N]
     accord plot RUN_DIR [RUN_DIR ...] [--out DIR]
-    accord bench throughput|combiners|sac|mt10|service [...]
+    accord bench throughput|combiners|sac|mt10|service|peer [...]
     accord monitor [--port 9090]
 
 Bad input anywhere (a config field, a path that is not a run or a checkpoint, an unknown
@@ -265,8 +265,8 @@ def bench_peer(
     skip_cartpole: bool = typer.Option(False, help="Only the Breakout throughput."),
 ) -> None:
     """accord IMPALA vs RLlib IMPALA frames/s on Breakout; seconds to CartPole 150 vs RLlib IMPALA/PPO."""
-    cfg = _load_or_exit(config, set_)
-    _load_or_exit(cartpole, cartpole_set)
+    cfg = load_config(config, set_)
+    load_config(cartpole, cartpole_set)  # both configs refused before Ray starts
     from bench.peer import main as peer_main
 
     peer_main(cfg, cartpole, seconds, cartpole_limit, cartpole_set, skip_breakout, skip_cartpole)
