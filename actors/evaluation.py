@@ -31,7 +31,9 @@ class TaskResult:
 def build_eval_policy(cfg, spec, weights: dict, greedy: bool = False) -> Act:
     """An act function from the weights actors run (`Algorithm.actor_weights()`)."""
     model = policy_network(cfg, spec)
-    model.load_state_dict({k: torch.as_tensor(v) for k, v in weights.items()})
+    # A copy: weights fetched from Ray's object store are read-only NumPy views, which torch
+    # would share and warn about (a "non-writable NumPy array" line in every run's log).
+    model.load_state_dict({k: torch.tensor(v) for k, v in weights.items()})
     model.eval()
 
     @torch.inference_mode()
