@@ -233,12 +233,18 @@ def bench_service(
 def bench_combiners(
     device: str = typer.Option("cpu", help="cpu or cuda."),
     quick: bool = typer.Option(False, help="Few repeats, small sizes: a smoke run."),
+    tiny: bool = typer.Option(False, help="The smallest models and batches, one repeat: checks that it runs, measures nothing."),
+    case: list[str] = typer.Option([], "--case", help="Only this case: mtsac, cnn or impala (repeatable; default all)."),
 ) -> None:
     """Each combiner's update time divided by the plain summed-loss update."""
     _torch_device("--device", device)
-    from bench.combiners import main as combiners_main
+    from bench.combiners import CASES, main as combiners_main
 
-    combiners_main(device=device, quick=quick)
+    unknown = [c for c in case if c not in CASES]
+    if unknown:
+        raise UserError(f"--case: {', '.join(unknown)} is not a case; use {', '.join(CASES)}")
+    combiners_main(device=device, repeats=1 if tiny else None, quick=quick or tiny, tiny=tiny,
+                   cases=tuple(case) or CASES)
 
 
 @bench_app.command("sac")
