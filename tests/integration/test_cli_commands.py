@@ -155,6 +155,7 @@ def test_train_writes_metrics_checkpoints_and_evaluations(runs):
 def test_eval_plays_the_runs_newest_checkpoint(runs):
     _, out = runs
     _ok(out["eval"])
+    assert "Warning" not in out["eval"].stderr, out["eval"].stderr
     assert "CartPole-v1: mean return" in out["eval"].stdout and "over 1 episodes" in out["eval"].stdout
 
 

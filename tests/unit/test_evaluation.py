@@ -219,12 +219,15 @@ for array in weights.values():
     array.setflags(write=False)  # as ray.get hands them out of the object store
 obs = np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32)
 build_eval_policy(cfg, spec, weights, greedy=True)(obs, torch.zeros(4, dtype=torch.int64))
+# A checkpoint's weights, as `accord eval` loads them, are tensors.
+tensors = {k: torch.from_numpy(v.copy()) for k, v in weights.items()}
+build_eval_policy(cfg, spec, tensors, greedy=True)(obs, torch.zeros(4, dtype=torch.int64))
 """
 
 
-def test_read_only_weights_as_ray_hands_them_load_without_a_warning():
+def test_weights_from_ray_or_a_checkpoint_load_without_a_warning():
     """The evaluator must copy, not share, read-only weights: torch warns on a non-writable
-    array, a line in every run's log. A fresh interpreter with warnings as errors, because torch
+    array, a line in every run's log; and `accord eval`'s tensors must not warn either. A fresh interpreter with warnings as errors, because torch
     gives that warning once per process and an earlier test may have used it up."""
     proc = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", READ_ONLY_WEIGHTS],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
