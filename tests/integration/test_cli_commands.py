@@ -7,9 +7,10 @@ benchmarks measure nothing worth comparing).
 `test_every_command_has_a_case` reads the commands from the CLI itself, so a new command
 fails until it is given a case here.
 
-Cost: the commands start in a module-scoped fixture, three at a time (most of a command's time
-is Ray, RLlib or torch starting up, which overlaps well); `eval` and `plot` reuse the run that
-`train` wrote.
+Cost: the commands start in a module-scoped fixture, two at a time (much of a command's time
+is Ray, RLlib or torch starting up, which overlaps well; not more, since Ray gives a starting
+node a fixed 30 s to register, which three at once missed on a machine already loaded eightfold);
+`eval` and `plot` reuse the run that `train` wrote.
 """
 from __future__ import annotations
 
@@ -108,7 +109,7 @@ def _train_eval_plot(tmp: Path) -> dict[str, Outcome]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> tuple[Path, dict[str, Outcome]]:
     tmp = tmp_path_factory.mktemp("cli-commands")
-    with ThreadPoolExecutor(max_workers=3) as pool:
+    with ThreadPoolExecutor(max_workers=2) as pool:
         chain = pool.submit(_train_eval_plot, tmp)
         benches = {name: pool.submit(_accord, tmp, argv) for name, argv in BENCH.items()}
         outcomes = {**chain.result(), **{name: f.result() for name, f in benches.items()}}
