@@ -3,7 +3,7 @@
     accord train CONFIG [--set a.b=v ...] [--address ADDR] [--resume RUN_DIR]
     accord eval CHECKPOINT [--episodes N]
     accord plot RUN_DIR [RUN_DIR ...] [--out DIR]
-    accord bench throughput|combiners|sac|mt10|service [...]
+    accord bench throughput|combiners|sac|mt10|service|peer [...]
     accord monitor [--port 9090]
 
 Bad input anywhere (a config field, a path that is not a run or a checkpoint, an unknown
@@ -240,12 +240,18 @@ def bench_service(
 def bench_combiners(
     device: str = typer.Option("cpu", help="cpu or cuda."),
     quick: bool = typer.Option(False, help="Few repeats, small sizes: a smoke run."),
+    tiny: bool = typer.Option(False, help="The smallest models and batches, one repeat: checks that it runs, measures nothing."),
+    case: list[str] = typer.Option([], "--case", help="Only this case: mtsac, cnn or impala (repeatable; default all)."),
 ) -> None:
     """Each combiner's update time divided by the plain summed-loss update."""
     _torch_device("--device", device)
-    from bench.combiners import main as combiners_main
+    from bench.combiners import CASES, main as combiners_main
 
-    combiners_main(device=device, quick=quick)
+    unknown = [c for c in case if c not in CASES]
+    if unknown:
+        raise UserError(f"--case: {', '.join(unknown)} is not a case; use {', '.join(CASES)}")
+    combiners_main(device=device, repeats=1 if tiny else None, quick=quick or tiny, tiny=tiny,
+                   cases=tuple(case) or CASES)
 
 
 @bench_app.command("sac")
@@ -272,8 +278,8 @@ def bench_peer(
     skip_cartpole: bool = typer.Option(False, help="Only the Breakout throughput."),
 ) -> None:
     """accord IMPALA vs RLlib IMPALA frames/s on Breakout; seconds to CartPole 150 vs RLlib IMPALA/PPO."""
-    cfg = _load_or_exit(config, set_)
-    _load_or_exit(cartpole, cartpole_set)
+    cfg = load_config(config, set_)
+    load_config(cartpole, cartpole_set)  # both configs refused before Ray starts
     from bench.peer import main as peer_main
 
     peer_main(cfg, cartpole, seconds, cartpole_limit, cartpole_set, skip_breakout, skip_cartpole)

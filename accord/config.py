@@ -7,17 +7,15 @@ whose message names the field, so the CLI can print one line and exit 2 with no 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from accord.errors import UserError
 
-AUX_KINDS = ("distill", "inverse_dynamics", "forward_dynamics", "reward", "autoencoder")
-# Distillation teachers the actors record instead of the learner running them: the gridworld's
-# tabular Q-learning teachers (they read the agent's cell, which the observation does not show).
-RECORDED_TEACHERS = ("q_aux", "q_main")
+AuxKind = Literal["distill", "inverse_dynamics", "forward_dynamics", "reward", "autoencoder"]
+AUX_KINDS = get_args(AuxKind)  # the learner builds the same kinds (learner/aux, tested equal)
 
 
 class ConfigError(UserError):
@@ -203,7 +201,7 @@ class CombinerConfig(_Section):
 
 class AuxConfig(_Section):
     """One auxiliary loss of `learner.aux` (IMPALA): a named `aux/<name>` term with its own head."""
-    kind: Literal["distill", "inverse_dynamics", "forward_dynamics", "reward", "autoencoder"] | None = Field(
+    kind: AuxKind | None = Field(
         None, description="What the term computes; default: the entry's name (so `distill: {...}` is a "
                           "distillation term). Give it to have two terms of one kind, e.g. two teachers.")
     weight: float = Field(1.0, ge=0, description="Coefficient of the term's loss (OL-AUX: its starting weight).")
@@ -419,6 +417,8 @@ class ExperimentConfig(_Section):
             return
         if self.learner.algorithm != "impala":
             raise ValueError("learner.aux: auxiliary losses are built for the IMPALA learner")
+        from envs.gridworld_teacher import RECORDED_TEACHERS  # numpy and envs: only when needed
+
         for name, aux in self.learner.aux.items():
             field = f"learner.aux.{name}"
             kind = aux.kind or name
@@ -454,13 +454,6 @@ class ExperimentConfig(_Section):
     def frames_per_step(self) -> int:
         """Emulator frames per agent step (frameskip 4 on Atari)."""
         return 4 if self.env.kind == "atari" else 1
-
-
-def recorded_teachers(cfg: "ExperimentConfig") -> dict[str, dict]:
-    """Aux name -> `teacher_probs` options of the distill terms whose teacher the actors record."""
-    return {name: {"source": a.teacher, "temperature": a.temperature, "invert": a.invert}
-            for name, a in cfg.learner.aux.items()
-            if (a.kind or name) == "distill" and a.teacher in RECORDED_TEACHERS}
 
 
 def _set_path(tree: dict, dotted: str, value: Any) -> None:

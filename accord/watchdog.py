@@ -8,7 +8,10 @@ with it), and its workers exit when the raylet does, but its dashboard and runti
 outlive a SIGKILLed driver. The watchdog knows the driver is gone when its stdin reaches EOF,
 which the kernel guarantees however the driver ends. Until then it notes the driver's
 descendants every second (pid and start time, so a reused pid is never taken for one of
-them); afterwards it sends SIGTERM, then SIGKILL, to those still alive. After a clean exit the
+them), the first time as soon as it starts; afterwards it sends SIGTERM, then SIGKILL, to
+those still alive. After that first look it closes its stdout (it never writes there), so a
+caller that gave it a pipe reads EOF once it knows every process the driver has by then,
+instead of guessing how long a Python start-up takes. After a clean exit the
 driver has already shut Ray down and nothing is left to end. Linux only (/proc); elsewhere it
 only records the status.
 """
@@ -74,15 +77,27 @@ def end_processes(known: dict[int, int]) -> int:
     return len(targets)
 
 
+def _close_stdout() -> None:
+    """/dev/null in place of fd 1: a pipe there is closed, so its reader sees EOF."""
+    sys.stdout.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def watch(run_dir: Path, driver_pid: int) -> None:
     known: dict[int, int] = {}
     me = os.getpid()
+    first = True
     while True:
+        known.update(descendants(driver_pid))
+        known.pop(me, None)
+        if first:
+            _close_stdout()
+            first = False
         readable, _, _ = select.select([sys.stdin], [], [], POLL_SECONDS)
         if readable and not os.read(sys.stdin.fileno(), 64):
             break  # EOF: the driver has exited, cleanly or not
-        known.update(descendants(driver_pid))
-        known.pop(me, None)
     ended = end_processes(known)
     record = read_status(run_dir)
     if record is not None and record.get("state") == "running":

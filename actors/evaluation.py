@@ -28,10 +28,20 @@ class TaskResult:
     success_rate: float | None  # None where the env reports no success
 
 
+def _owned(value) -> torch.Tensor:
+    """A tensor of its own: weights fetched from Ray's object store are read-only NumPy views,
+    which torch would share and warn about (a "non-writable NumPy array" line in every run's
+    log); a checkpoint's weights (`accord eval`) are already tensors, which torch.tensor would
+    warn about copying."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    return torch.from_numpy(np.array(value))
+
+
 def build_eval_policy(cfg, spec, weights: dict, greedy: bool = False) -> Act:
     """An act function from the weights actors run (`Algorithm.actor_weights()`)."""
     model = policy_network(cfg, spec)
-    model.load_state_dict({k: torch.as_tensor(v) for k, v in weights.items()})
+    model.load_state_dict({k: _owned(v) for k, v in weights.items()})
     model.eval()
 
     @torch.inference_mode()

@@ -25,7 +25,7 @@ import uuid
 import ray
 import torch
 
-from accord.actor_restart import restarted_by_ray
+from ray_support.actor_restart import restarted_by_ray
 from actors.rollout import RolloutWorker
 from actors.transitions import TransitionWorker
 

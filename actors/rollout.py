@@ -24,10 +24,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from accord.config import recorded_teachers
 from actors.policy import policy_network
 from envs import make_multitask_vec_env, make_vec_env
 from envs.frame_stack import compact, is_frame_stack
+from envs.gridworld_teacher import RECORDED_TEACHERS
 
 
 class RolloutWorker:
@@ -90,6 +90,13 @@ class RolloutWorker:
 
     def close(self) -> None:
         self.env.close()
+
+
+def recorded_teachers(cfg) -> dict[str, dict]:
+    """Aux name -> `teacher_probs` options of the distill terms whose teacher the actors record."""
+    return {name: {"source": a.teacher, "temperature": a.temperature, "invert": a.invert}
+            for name, a in cfg.learner.aux.items()
+            if (a.kind or name) == "distill" and a.teacher in RECORDED_TEACHERS}
 
 
 def episode_row(episode) -> tuple[float, float, float, float]:

@@ -22,7 +22,11 @@ from rich.table import Table
 from accord.driver import start_topology
 from actors.rollout import actor_task_ids
 
-WARMUP_SECONDS = 10.0
+WARMUP_SECONDS = 10.0  # or the measured seconds where fewer: a short smoke run warms up briefly
+
+
+def warmup_seconds(seconds: float) -> float:
+    return min(WARMUP_SECONDS, seconds)
 
 
 @ray.remote(num_cpus=1)
@@ -59,7 +63,7 @@ def raw_fps(cfg, seconds: float) -> float:
 def accord_fps(cfg, seconds: float) -> dict:
     topo = start_topology(cfg, f"bench-mt10-{time.time_ns()}")
     try:
-        ray.get(topo.learner.train.remote(10**9, WARMUP_SECONDS))
+        ray.get(topo.learner.train.remote(10**9, warmup_seconds(seconds)))
         before = ray.get(topo.learner.counters.remote())
         start = time.monotonic()
         chunk = ray.get(topo.learner.train.remote(10**9, seconds))

@@ -35,7 +35,11 @@ from rich.table import Table
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET = 150.0
-WARMUP_SECONDS = 10.0
+WARMUP_SECONDS = 10.0  # or the measured seconds where fewer: a short smoke run warms up briefly
+
+
+def warmup_seconds(seconds: float) -> float:
+    return min(WARMUP_SECONDS, seconds)
 NATURE_CNN = [[32, [8, 8], 4], [64, [4, 4], 2], [64, [3, 3], 1]]
 
 
@@ -106,7 +110,7 @@ def rllib_breakout_fps(cfg, seconds: float, gpu: bool) -> float:
     )
     algo = config.build_algo()
     try:
-        end = time.monotonic() + WARMUP_SECONDS
+        end = time.monotonic() + warmup_seconds(seconds)
         result = algo.train()
         while time.monotonic() < end or _trained_steps(result) is None:
             result = algo.train()
@@ -137,7 +141,10 @@ def accord_cartpole_seconds(config: Path, limit: float, overrides: list[str]) ->
         if proc.returncode != 0:
             raise RuntimeError(f"accord train failed: {(proc.stdout + proc.stderr)[-1500:]}")
         (run_dir,) = Path(root).iterdir()
-        rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+        metrics = run_dir / "metrics.csv"
+        rows = list(csv.DictReader(open(metrics))) if metrics.exists() else []
+    if not rows:  # the limit came before the first metrics row: nothing was reached
+        return {"seconds": None, "frames": 0.0, "process_s": process_s}
     column = next(k for k in rows[0] if k.startswith("return/"))
     for row in rows:
         if row.get(column) and float(row[column]) >= TARGET:
@@ -235,7 +242,7 @@ def main(breakout_cfg, cartpole_config: Path, seconds: float = 30.0,
         table = Table(title=f"Breakout learner frames/s: {n} actors/env runners x {m} envs, "
                             f"unroll {breakout_cfg.actors.unroll_length}, batch "
                             f"{breakout_cfg.learner.batch_size}, learner on {b['device']}, "
-                            f"{seconds:.0f} s after {WARMUP_SECONDS:.0f} s warm-up")
+                            f"{seconds:.0f} s after {warmup_seconds(seconds):.0f} s warm-up")
         for col in ("system", "frames/s", "accord / RLlib"):
             table.add_column(col, justify="left" if col == "system" else "right")
         table.add_row("accord IMPALA", _fmt(b["accord_fps"]),

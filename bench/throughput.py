@@ -26,7 +26,11 @@ from rich.table import Table
 from accord.driver import start_topology
 from actors.rollout import env_options
 
-WARMUP_SECONDS = 5.0
+WARMUP_SECONDS = 5.0  # or the measured seconds where fewer: a short smoke run warms up briefly
+
+
+def warmup_seconds(seconds: float) -> float:
+    return min(WARMUP_SECONDS, seconds)
 
 
 def raw_env_fps(cfg, seconds: float) -> float:
@@ -103,7 +107,7 @@ def fleet_fps(cfg, seconds: float, use_learner: bool) -> dict:
     topo = start_topology(cfg, f"bench-{time.time_ns()}")
     try:
         if use_learner:
-            ray.get(topo.learner.train.remote(10**9, WARMUP_SECONDS))
+            ray.get(topo.learner.train.remote(10**9, warmup_seconds(seconds)))
             before = ray.get(topo.learner.counters.remote())["frames"]
             start = time.monotonic()
             ray.get(topo.learner.train.remote(10**9, seconds))
@@ -114,7 +118,7 @@ def fleet_fps(cfg, seconds: float, use_learner: bool) -> dict:
         weights = ray.get(topo.learner.__ray_call__.remote(lambda self: ray.put(self.learner.actor_weights())))
         drain = Drain.remote(topo.queue, topo.weight_store, [weights],
                              -(-cfg.learner.batch_size // cfg.env.envs_per_actor))
-        ray.get(drain.run.remote(WARMUP_SECONDS, cfg.frames_per_step))
+        ray.get(drain.run.remote(warmup_seconds(seconds), cfg.frames_per_step))
         start = time.monotonic()
         frames = ray.get(drain.run.remote(seconds, cfg.frames_per_step))
         return {"fps": frames / (time.monotonic() - start), "device": "-"}

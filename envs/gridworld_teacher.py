@@ -25,9 +25,13 @@ from functools import lru_cache
 
 import numpy as np
 
-from .gridworld import NUM_ACTIONS, SIZE, GridWorld, sample_world
+from .gridworld_world import NUM_ACTIONS, SIZE, GridWorld, sample_world
 
 GAMMA = 0.95
+# The teachers' names in a config (`learner.aux.<name>.teacher`). They read the agent's cell,
+# which the observation does not show, so the actors record their policies in each unroll
+# instead of the learner running them.
+RECORDED_TEACHERS = ("q_aux", "q_main")
 
 
 def train_teacher(world: GridWorld, *, transitions: int = 300_000, alpha: float = 0.1,

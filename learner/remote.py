@@ -17,7 +17,7 @@ import numpy as np
 import ray
 import torch
 
-from accord.actor_restart import restarted_by_ray
+from ray_support.actor_restart import restarted_by_ray
 from learner.registry import build_algorithm, build_source
 from learner.checkpoint import load_checkpoint, load_latest, save_checkpoint
 from learner.worker import LearnerWorker

@@ -12,12 +12,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from envs.gridworld_teacher import RECORDED_TEACHERS
 from learner.aux.autoencoder import Autoencoder
 from learner.aux.base import AuxBatch, AuxTerm
-from accord.config import AUX_KINDS, RECORDED_TEACHERS
 from learner.aux.distill import Distill
 from learner.aux.dynamics import ForwardDynamics, InverseDynamics
 from learner.aux.reward import RewardPrediction
+
+# The kinds build_aux_terms builds; accord/config.py validates `learner.aux.<name>.kind`
+# against its own copy (the launcher sits above this package), held equal by a unit test.
+AUX_KINDS = ("distill", "inverse_dynamics", "forward_dynamics", "reward", "autoencoder")
 
 def build_aux_terms(cfg, spec, feature_dim: int, device: torch.device) -> nn.ModuleDict:
     """The terms of `cfg.learner.aux`, in config order, keyed by their names."""

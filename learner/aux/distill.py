@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from accord.config import RECORDED_TEACHERS
+from envs.gridworld_teacher import RECORDED_TEACHERS
 from learner.aux.base import AuxBatch, AuxTerm
 
 
@@ -42,30 +42,48 @@ def kl_per_step(p: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
     return (torch.xlogy(p, p) - p * log_pi).sum(-1)
 
 
+def teacher_run_settings(config_yaml: Path) -> dict:
+    """What rebuilds a teacher run's network, read from its config.yaml as plain YAML: accord
+    writes the resolved config there (every field, validated when the run started), and the
+    launcher's config model sits above the learner, which does not import it."""
+    import yaml
+
+    tree = yaml.safe_load(config_yaml.read_text()) or {}
+    learner, env = tree.get("learner") or {}, tree.get("env") or {}
+    fields = {"algorithm": learner, "model": learner, "per_task_heads": learner,
+              "vf_share_layers": learner, "tasks": env}
+    missing = [f"{'env' if part is env else 'learner'}.{key}" for key, part in fields.items()
+               if key not in part]
+    if missing:
+        raise ValueError(f"teacher {config_yaml}: no {', '.join(missing)}; a teacher is a run "
+                         f"directory accord wrote (its config.yaml has every field)")
+    return {key: part[key] for key, part in fields.items()}
+
+
 class CheckpointTeacher:
     """A frozen actor-critic from an accord run. A plain object, not a submodule, so its weights
     are never in the learner's parameters, optimizer or checkpoints."""
 
     def __init__(self, path: str | Path, obs_shape, device: torch.device):
-        from accord.config import load_config
         from learner.checkpoint import load_checkpoint, resolve_checkpoint
-        from models.actor_critic import model_from_config
+        from models.actor_critic import build_model
 
         ckpt, run_dir = resolve_checkpoint(path)
-        cfg = load_config(run_dir / "config.yaml")
-        if cfg.learner.algorithm != "impala":
+        run = teacher_run_settings(run_dir / "config.yaml")
+        if run["algorithm"] != "impala":
             raise ValueError(f"teacher {ckpt}: a distillation teacher must be an IMPALA run, "
-                             f"this one is {cfg.learner.algorithm!r}")
+                             f"this one is {run['algorithm']!r}")
         weights = load_checkpoint(ckpt)["model"]
-        num_actions = weights["heads.0.weight"].shape[0] - int(cfg.learner.vf_share_layers)
-        self.model = model_from_config(cfg, obs_shape, num_actions)
+        num_actions = weights["heads.0.weight"].shape[0] - int(run["vf_share_layers"])
+        self.model = build_model(run["model"], obs_shape, num_actions, len(run["tasks"]),
+                                 run["per_task_heads"], run["vf_share_layers"])
         try:
             self.model.load_state_dict(weights)
         except RuntimeError as err:
             raise ValueError(f"teacher {ckpt} does not fit this run's observations "
                              f"{tuple(obs_shape)}: {err}") from None
         self.model.to(device).eval().requires_grad_(False)
-        self.tasks = list(cfg.env.tasks)
+        self.tasks = list(run["tasks"])
         self.num_actions = num_actions
         self.path = ckpt
 

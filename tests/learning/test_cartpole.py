@@ -1,5 +1,5 @@
 """IMPALA on CartPole-v1 through the real CLI, rollout actors, queue and learner must reach a
-mean episode return >= 150 (last 100 episodes) within a CPU budget."""
+mean episode return >= 150 (last 100 episodes) within a budget of frames, never of seconds."""
 import csv
 import os
 import subprocess
@@ -12,25 +12,26 @@ pytestmark = pytest.mark.learning
 
 REPO = Path(__file__).resolve().parents[2]
 ACCORD = str(Path(sys.executable).parent / "accord")
-BUDGET_SECONDS = 420
 SWAPPED = "tests.support.swapped_cartpole:CartPoleSwapped-v1"
+# About 3x the ~280K frames configs/cartpole.yaml took to reach 150 in README's `bench peer`.
+ONE_TASK_FRAME_BUDGET = 800_000
 FRAME_BUDGET = 1_200_000
-TWO_TASK_TIMEOUT = 1800  # a hang guard only; the budget is FRAME_BUDGET
+TIMEOUT = 1800  # a hang guard only; the budgets are frames
 
 
 def test_impala_learns_cartpole(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     result = subprocess.run(
         [ACCORD, "train", "configs/cartpole.yaml", "--set", f"run.root={tmp_path}",
-         "--set", "run.stop_return=150", "--set", f"run.max_seconds={BUDGET_SECONDS}",
-         "--set", "run.total_frames=5000000", "--set", "run.progress=false"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=BUDGET_SECONDS + 180)
+         "--set", "run.stop_return=150", "--set", f"run.total_frames={ONE_TASK_FRAME_BUDGET}",
+         "--set", "run.progress=false"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-3000:]
     (run_dir,) = tmp_path.iterdir()
     rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
     final = float(rows[-1]["return/CartPole-v1"])
-    assert "every task reached mean return 150" in out, out[-2000:]
+    assert "every task reached mean return 150" in out, (final, rows[-1]["frames"], out[-2000:])
     assert final >= 150, f"mean return {final} after {rows[-1]['frames']} frames"
     # It learned: early returns were far below the target.
     first = next(float(r["return/CartPole-v1"]) for r in rows if r.get("return/CartPole-v1"))
@@ -52,7 +53,7 @@ def test_two_conflicting_tasks_learn_together_through_pcgrad(tmp_path):
          "--set", "learner.combiner.name=pcgrad", "--set", "learner.combiner.options={seed: 0}",
          "--set", "run.stop_return=150", "--set", f"run.total_frames={FRAME_BUDGET}",
          "--set", "run.progress=false"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=TWO_TASK_TIMEOUT)
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-3000:]
     (run_dir,) = tmp_path.iterdir()

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from accord.config import config_from_dict, to_yaml
+from accord.config import AUX_KINDS, config_from_dict, to_yaml
 from envs import EnvSpec
-from learner.aux import build_aux_terms
+from learner.aux import AUX_KINDS as LEARNER_AUX_KINDS, build_aux_terms
 from learner.aux.autoencoder import _FrameDecoder
 from learner.aux.distill import CheckpointTeacher, Distill, teacher_policy
 from learner.checkpoint import save_checkpoint
@@ -96,6 +96,17 @@ def two_task_teacher_run(tmp_path):
     torch.manual_seed(5)
     save_checkpoint(run_dir, ImpalaLearner(cfg, VECTOR_SPEC).state_dict(), 1)
     return run_dir
+
+
+def test_the_config_accepts_exactly_the_aux_kinds_the_learner_builds():
+    assert AUX_KINDS == LEARNER_AUX_KINDS
+
+
+def test_a_teacher_run_without_its_network_fields_is_refused_naming_them(tmp_path):
+    run_dir = two_task_teacher_run(tmp_path)
+    (run_dir / "config.yaml").write_text("env: {kind: gym, tasks: [CartPole-v1]}\nlearner: {model: mlp}\n")
+    with pytest.raises(ValueError, match="learner.algorithm, learner.per_task_heads, learner.vf_share_layers"):
+        CheckpointTeacher(run_dir, (4,), torch.device("cpu"))
 
 
 def test_a_teacher_serves_each_student_task_with_its_own_head_or_the_first(tmp_path):

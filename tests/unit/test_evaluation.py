@@ -5,6 +5,10 @@ success is averaged where the env reports it, and the act function runs the give
 (greedy, sampled, or SAC's tanh(mean))."""
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -16,6 +20,8 @@ from actors.policy import policy_network
 from envs import EpisodeStats, StepResult, describe
 from tests.support.scripted_env import BOX_TASKS, SEED_MOD, TASK, episode_length
 from tests.support.weights import random_weights
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def impala_cfg(tasks=(TASK,)):
@@ -197,6 +203,35 @@ def test_the_act_function_runs_the_weights_it_was_given():
     expected = torch.distributions.Categorical(logits=logits).sample().numpy()
     np.testing.assert_array_equal(sampled, expected)
     assert not np.array_equal(sampled, greedy)
+
+
+READ_ONLY_WEIGHTS = """
+import numpy as np, torch
+from actors.evaluation import build_eval_policy
+from actors.policy import policy_network
+from envs import describe
+from tests.support.weights import random_weights
+from tests.unit.test_evaluation import TASK, impala_cfg
+
+cfg, spec = impala_cfg(), describe("gym", TASK)
+weights = random_weights(policy_network(cfg, spec), 0)
+for array in weights.values():
+    array.setflags(write=False)  # as ray.get hands them out of the object store
+obs = np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32)
+build_eval_policy(cfg, spec, weights, greedy=True)(obs, torch.zeros(4, dtype=torch.int64))
+# A checkpoint's weights, as `accord eval` loads them, are tensors.
+tensors = {k: torch.from_numpy(v.copy()) for k, v in weights.items()}
+build_eval_policy(cfg, spec, tensors, greedy=True)(obs, torch.zeros(4, dtype=torch.int64))
+"""
+
+
+def test_weights_from_ray_or_a_checkpoint_load_without_a_warning():
+    """The evaluator must copy, not share, read-only weights: torch warns on a non-writable
+    array, a line in every run's log; and `accord eval`'s tensors must not warn either. A fresh interpreter with warnings as errors, because torch
+    gives that warning once per process and an earlier test may have used it up."""
+    proc = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", READ_ONLY_WEIGHTS],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_sac_is_evaluated_with_its_deterministic_policy():

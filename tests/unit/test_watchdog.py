@@ -3,6 +3,7 @@ leaves no process behind and a "failed" status; a clean exit keeps the status it
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -14,22 +15,25 @@ import pytest
 from accord.run_status import describe_status, read_status, write_status
 
 REPO = Path(__file__).resolve().parents[2]
+READY_TIMEOUT = 120  # seconds; generous for three Python start-ups on a loaded machine
 
-# A stand-in driver: starts the watchdog as accord.driver does, then a "raylet" whose own child
-# (an "agent") would outlive it, as Ray's agents outlive a SIGKILLed driver.
+# A stand-in driver: a "raylet" whose own child (an "agent") would outlive it, as Ray's agents
+# outlive a SIGKILLed driver, then the watchdog as accord.driver starts it. The watchdog closes
+# its stdout after its first look at the driver's processes: reading that EOF is waiting for the
+# watchdog to know the raylet and the agent, however long its start-up takes.
 DRIVER = """
 import os, subprocess, sys, time
 from accord.run_status import write_status
 run_dir = sys.argv[1]
-watchdog = subprocess.Popen([sys.executable, "-m", "accord.watchdog", run_dir, str(os.getpid())],
-                            stdin=subprocess.PIPE)
 middle = subprocess.Popen([sys.executable, "-c",
     "import subprocess, sys, time; a = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']);"
     "print(a.pid, flush=True); time.sleep(600)"], stdout=subprocess.PIPE, text=True)
 agent = int(middle.stdout.readline())
+watchdog = subprocess.Popen([sys.executable, "-m", "accord.watchdog", run_dir, str(os.getpid())],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+watchdog.stdout.read()  # EOF: its first look is done
 print(watchdog.pid, middle.pid, agent, flush=True)
 if sys.argv[2] == "clean":
-    time.sleep(1.5)  # the watchdog has seen the processes
     middle.kill(); middle.wait(); os.kill(agent, 9)
     write_status(run_dir, "finished", "finished")
     watchdog.stdin.close(); watchdog.wait()
@@ -58,6 +62,11 @@ def _start(tmp_path, mode):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(tmp_path), mode], env=env,
                               stdout=subprocess.PIPE, text=True, start_new_session=True)
+    # A hang guard only: a watchdog that never signals its first look fails here.
+    ready, _, _ = select.select([driver.stdout], [], [], READY_TIMEOUT)
+    if not ready:
+        os.killpg(driver.pid, signal.SIGKILL)
+        pytest.fail(f"the watchdog did not report its first look within {READY_TIMEOUT} s")
     watchdog, middle, agent = map(int, driver.stdout.readline().split())
     return driver, watchdog, middle, agent
 
@@ -66,7 +75,6 @@ def _start(tmp_path, mode):
 def test_a_killed_driver_leaves_no_process_and_a_failed_status(tmp_path):
     driver, watchdog, middle, agent = _start(tmp_path, "kill")
     try:
-        time.sleep(2.5)  # a couple of the watchdog's 1 s looks at the process tree
         os.kill(middle, signal.SIGKILL)  # as the kernel kills Ray's raylet with its driver
         assert _wait_gone([middle]) == []
         driver.kill()
