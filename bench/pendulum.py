@@ -259,18 +259,22 @@ def main(eval_every: int = 500, limit: float = 300.0, max_steps: int = 30_000, s
                         f"{EPISODES} episodes every {eval_every} env steps; limit {limit:.0f} s "
                         f"or {max_steps:,} env steps; seed {seed})")
     for col in ("method", "env steps to -200", "seconds to -200", "updates then",
-                "final eval return"):
+                "return then", "final eval return"):
         table.add_column(col, justify="left" if col == "method" else "right")
     for side in sides.values():
         hit, last = side.reached, side.evaluations[-1] if side.evaluations else None
         table.add_row(side.name, f"{hit.steps:,.0f}" if hit else "not reached",
                       f"{hit.seconds:.1f}" if hit else "not reached",
                       f"{hit.updates:,.0f}" if hit and hit.updates is not None else "-",
+                      f"{hit.mean_return:.1f}" if hit else "-",
                       f"{last.mean_return:.1f}" if last else "-")
     if "sb3" in sides:
         table.add_row("accord / SB3", ratio(sides["accord"], sides["sb3"], "steps"),
-                      ratio(sides["accord"], sides["sb3"], "seconds"), "", "")
+                      ratio(sides["accord"], sides["sb3"], "seconds"), "", "", "")
     console.print(table)
+    for side in sides.values():  # one 5-episode mean is noisy: the whole course, to judge it
+        console.print(f"{side.name} evaluations (env steps: return): " + ", ".join(
+            f"{e.steps:,.0f}: {e.mean_return:.0f}" for e in side.evaluations))
     console.print(f"accord: {sides['accord'].note}")
     return sides
 
