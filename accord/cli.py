@@ -3,7 +3,7 @@
     accord train CONFIG [--set a.b=v ...] [--address ADDR] [--resume RUN_DIR]
     accord eval CHECKPOINT [--episodes N]
     accord plot RUN_DIR [RUN_DIR ...] [--out DIR]
-    accord bench throughput|combiners|sac|mt10|service|peer [...]
+    accord bench throughput|combiners|sac|mt10|service|peer|pendulum [...]
     accord monitor [--port 9090]
 
 Bad input anywhere (a config field, a path that is not a run or a checkpoint, an unknown
@@ -283,6 +283,23 @@ def bench_peer(
     from bench.peer import main as peer_main
 
     peer_main(cfg, cartpole, seconds, cartpole_limit, cartpole_set, skip_breakout, skip_cartpole)
+
+
+@bench_app.command("pendulum")
+def bench_pendulum(
+    eval_every: int = typer.Option(500, min=1, help="Env steps between evaluations (5 deterministic episodes), both sides."),
+    limit: float = typer.Option(300.0, help="Seconds from a side's process start before it counts as not reached."),
+    max_steps: int = typer.Option(30_000, min=1, help="Env steps before a side counts as not reached."),
+    seed: int = typer.Option(0, min=0, help="Seed of both sides."),
+    sb3_python: Optional[Path] = typer.Option(None, help="A Python with stable-baselines3 (default /tmp/sb3/bin/python; skipped, saying how to make it, when missing)."),
+) -> None:
+    """Env steps and seconds to Pendulum-v1 -200: accord SAC (pendulum_defaults.yaml) vs Stable-Baselines3 SAC."""
+    _positive("--limit", limit)
+    if sb3_python is not None and not sb3_python.is_file():
+        raise UserError(f"--sb3-python: no such file {sb3_python}")
+    from bench.pendulum import main as pendulum_main
+
+    pendulum_main(eval_every, limit, max_steps, seed, sb3_python)
 
 
 def main() -> None:

@@ -1,0 +1,57 @@
+"""The Pendulum bench's bookkeeping on made-up data: the SB3 process's lines, accord's metric
+rows, the first evaluation at -200 and the ratios (no training, no timing)."""
+import pytest
+
+from bench.pendulum import (Evaluation, Side, accord_evaluations, csv_rows, first_reaching,
+                            parse_sb3_line, ratio, steps_at_update)
+
+
+def test_sb3_lines_parse_and_other_output_is_ignored():
+    assert parse_sb3_line("sb3-eval steps=4000 updates=3900 return=-170.250\n") == (4000, 3900, -170.25)
+    assert parse_sb3_line("Eval num_timesteps=4000, episode_reward=-170.25 +/- 3.1") is None
+    assert parse_sb3_line("sb3-done steps=4000") is None
+    assert parse_sb3_line("") is None
+
+
+def test_first_reaching_is_the_earliest_evaluation_at_or_above_the_target():
+    evals = [Evaluation(500, 5.0, -1200.0), Evaluation(1000, 9.0, -200.0),
+             Evaluation(1500, 13.0, -150.0)]
+    assert first_reaching(evals, -200.0) == evals[1]
+    assert first_reaching(evals[:1], -200.0) is None
+    assert first_reaching([], -200.0) is None
+
+
+def test_a_row_still_being_written_is_left_out():
+    text = "frames,updates\n100,0\n600,500\n11"
+    assert csv_rows(text) == [{"frames": "100", "updates": "0"}, {"frames": "600", "updates": "500"}]
+    assert len(csv_rows(text + "00,1000\n")) == 3
+
+
+ROWS = [  # a run's rows: the evaluation of update 500's policy arrives in a later row
+    {"wall_time": "1.0", "frames": "160", "updates": "0", "eval/return/Pendulum-v1": "", "eval/version": ""},
+    {"wall_time": "2.0", "frames": "480", "updates": "300", "eval/return/Pendulum-v1": "", "eval/version": ""},
+    {"wall_time": "3.0", "frames": "800", "updates": "700", "eval/return/Pendulum-v1": "", "eval/version": ""},
+    {"wall_time": "4.0", "frames": "1120", "updates": "1000", "eval/return/Pendulum-v1": "-180.5", "eval/version": "500"},
+]
+
+
+def test_an_evaluation_counts_the_env_steps_at_its_policy_and_the_process_clock():
+    (e,) = accord_evaluations(ROWS, clock_zero=12.5)
+    assert e.steps == pytest.approx(480 + (800 - 480) * 200 / 400)  # between updates 300 and 700
+    assert e.seconds == pytest.approx(16.5) and e.mean_return == -180.5 and e.updates == 500
+
+
+def test_steps_at_update_never_underestimates_outside_the_rows():
+    assert steps_at_update(ROWS, 0) == 160
+    assert steps_at_update(ROWS, 5000) == 1120
+    assert accord_evaluations([{"wall_time": "1", "frames": "0", "updates": "0"}], 0.0) == []
+
+
+def test_ratios_and_lower_bounds_when_a_side_does_not_reach():
+    sb3 = Side("SB3 SAC", [Evaluation(4000, 40.0, -170.0)], 4000, 40.0)
+    accord = Side("accord SAC", [Evaluation(5000, 100.0, -190.0)], 5000, 110.0)
+    assert ratio(accord, sb3, "steps") == "1.25" and ratio(accord, sb3, "seconds") == "2.50"
+    short = Side("accord SAC", [Evaluation(2000, 60.0, -900.0)], 3000, 300.0)
+    assert ratio(short, sb3, "steps") == "> 0.75" and ratio(short, sb3, "seconds") == "> 7.50"
+    unreached = Side("SB3 SAC", [Evaluation(4000, 40.0, -400.0)], 4000, 40.0)
+    assert ratio(accord, unreached, "steps") == "-"
