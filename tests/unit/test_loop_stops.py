@@ -267,3 +267,56 @@ def test_a_learner_dead_past_max_restarts_stops_the_run_with_the_resume_command(
     assert "is not coming back after 1 restarts (learner.max_restarts: 1)" in result.reason
     assert console.lines[-1] == f"resume with: accord train --resume {tmp_path}"
     assert roles.saves == [2, 4, 6]  # none after the second death: that learner is gone
+
+
+def test_after_a_restart_to_an_older_checkpoint_the_next_one_is_due_an_interval_from_it(tmp_path, clock):
+    """The newest checkpoint (update 8) did not load, so the learner went back to update 4:
+    the next checkpoint is due 4 updates from there, at 8 again, not at 12 (the driver's last
+    write), which would leave 8 updates unsaved."""
+
+    class Roles(DyingLearnerRoles):
+        def restarted_learner(self):
+            self.updates = 4
+            return {"checkpoint": "ckpt_000000004.pt", **self.counters()}
+
+    roles = Roles(clock, deaths={6}, updates_per_chunk=2)
+    run_loop(tmp_path, make_cfg(checkpoint_every=4), roles)
+    assert roles.saves[:5] == [4, 8, 8, 12, 16]
+
+
+class StoppedWhileDyingRoles(FakeRoles):
+    """The stop signal reaches Ray's processes too: the learner dies in the chunk during which
+    the driver hears the signal (`in_chunk`), or in the call for its counters after it."""
+
+    def __init__(self, clock, stop, in_chunk=True):
+        super().__init__(clock)
+        self.stop, self.in_chunk, self.restarts = stop, in_chunk, 0
+
+    def train(self, max_updates, max_seconds):
+        out = super().train(max_updates, max_seconds)
+        if self.chunks == 3:
+            self.stop.signal_name = "SIGTERM"
+            self.dead = True
+            if self.in_chunk:
+                raise loop_module.LearnerLost("The actor died unexpectedly before finishing this task.")
+        return out
+
+    def counters(self):
+        if getattr(self, "dead", False):
+            raise loop_module.LearnerLost("The actor died unexpectedly before finishing this task.")
+        return super().counters()
+
+    def restarted_learner(self):
+        self.restarts += 1  # a stopping run must not wait for a restart
+        raise AssertionError("waited for a restart while stopping")
+
+
+@pytest.mark.parametrize("in_chunk", [True, False], ids=["in its chunk", "after its chunk"])
+def test_a_learner_dying_with_the_stop_signal_fails_the_run_without_a_checkpoint(tmp_path, clock, in_chunk):
+    stop = Stop()
+    roles = StoppedWhileDyingRoles(clock, stop, in_chunk=in_chunk)
+    result, console, _, status = run_loop(tmp_path, make_cfg(), roles, stop=stop)
+    assert result.exit_code == EXIT_FAILED and status["state"] == "failed"
+    assert result.reason.startswith("interrupted by SIGTERM; the learner died before the final checkpoint (")
+    assert roles.saves == [] and roles.restarts == 0
+    assert console.lines[-1] == f"resume with: accord train --resume {tmp_path}"
