@@ -50,3 +50,31 @@ def test_episode_rows_of_unknown_tasks_are_refused():
     raw = _chunk()
     with pytest.raises(ChunkError, match="episodes"):
         ChunkSchema.of(spec, num_tasks=3).decode(encode_chunk(1, *raw.values(), episodes=[(5, 1.0, 3, 0.0)]))
+
+
+SPEC_2D = EnvSpec(obs_shape=(2,), obs_dtype=np.dtype(np.float32), action_dim=2)
+
+
+@pytest.mark.parametrize("row", [
+    (0, np.nan, 3, 0.0), (0, np.inf, 3, 1.0), (0, -np.inf, 3, 1.0),  # a return that poisons the means
+    (0, 1.0, np.inf, 0.0), (0, 1.0, np.nan, 0.0), (0, 1.0, -1, 0.0),  # a length no episode has
+    (np.nan, 1.0, 3, 0.0), (1.5, 1.0, 3, 0.0), (-1, 1.0, 3, 0.0),  # not a task of this run
+], ids=["nan return", "inf return", "-inf return", "inf length", "nan length", "negative length",
+        "nan task", "fractional task", "negative task"])
+def test_episode_rows_that_are_not_episodes_are_refused(row):
+    raw = _chunk()
+    good = (2, -4.5, 0, np.nan)  # a zero-length episode of the last task, success unknown
+    message = encode_chunk(1, *raw.values(), episodes=[good, row])
+    with pytest.raises(ChunkError, match=r"^chunk 1: episodes rows must be \(known task id, finite return, "
+                                         r"length >= 0, success or NaN\)$"):
+        ChunkSchema.of(SPEC_2D, num_tasks=3).decode(message)
+
+
+def test_episode_rows_of_the_run_pass_as_they_came():
+    raw = _chunk()
+    rows = [(2, -4.5, 0, np.nan), (0, 7.0, 12, 1.0)]
+    chunk = ChunkSchema.of(SPEC_2D, num_tasks=3).decode(encode_chunk(1, *raw.values(), episodes=rows))
+    np.testing.assert_array_equal(chunk["episodes"], np.asarray(rows, dtype=np.float64))
+    assert chunk["episodes"].dtype == np.float64
+    no_episodes = ChunkSchema.of(SPEC_2D, num_tasks=3).decode(encode_chunk(1, *raw.values()))["episodes"]
+    assert no_episodes.shape == (0, 4) and no_episodes.dtype == np.float64
