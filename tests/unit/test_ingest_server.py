@@ -43,7 +43,8 @@ def fetch_from(log):
         log.append(("wait", len(refs)))
         if any(shard.failing for shard in refs):
             raise ray.exceptions.RayActorError()
-        return [{"weights_version": shard.version} for shard in refs]
+        # A shard's version None: a reply that names none.
+        return [{} if shard.version is None else {"weights_version": shard.version} for shard in refs]
     return fetch
 
 
@@ -73,14 +74,19 @@ def stored(shard, field="reward"):
 
 def test_rows_carry_the_newest_version_any_shard_reported(served):
     server, shards, _ = served
-    shards[0].version, shards[1].version = 3, 7
+    shards[0].version = shards[1].version = None  # replies that name no version
     with IngestClient(server.address, TOKEN) as client:
         assert client.send(**rows(3)) == 3  # nothing reported yet: version 0
-        shards[1].version = 5  # a shard that heard of an older version does not lower it
-        assert client.send(**rows(3, first=3)) == 3
+        assert client.send(**rows(3, first=3)) == 3  # still nothing
+        shards[0].version, shards[1].version = 3, 7
         assert client.send(**rows(3, first=6)) == 3
+        shards[1].version = 5  # a shard that heard of an older version does not lower it
+        assert client.send(**rows(3, first=9)) == 3
+        shards[0].version = shards[1].version = None  # nor does a reply without one
+        assert client.send(**rows(3, first=12)) == 3
+        assert client.send(**rows(3, first=15)) == 3
     versions = {int(r): int(v) for s in shards for c in s.chunks for r, v in zip(c["reward"], c["version"])}
-    assert versions == {0: 0, 1: 0, 2: 0, 3: 7, 4: 7, 5: 7, 6: 7, 7: 7, 8: 7}
+    assert versions == {**{r: 0 for r in range(9)}, **{r: 7 for r in range(9, 18)}}
     assert all(c["version"].dtype == np.int64 for s in shards for c in s.chunks)
 
 
@@ -136,6 +142,15 @@ def _code(call) -> str:
     except grpc.RpcError as exc:
         return exc.code().name
     return "OK"
+
+
+def test_rows_are_counted_per_task_also_when_a_chunk_holds_only_some_tasks(served):
+    server, _, _ = served
+    with IngestClient(server.address, TOKEN) as client:
+        client.send(**rows(4, tasks=(0,)))
+        client.send(**rows(2, tasks=(1,)))
+    metrics = server.metrics()
+    assert [metrics[f"ingest/rows/{n}"] for n in "abc"] == [4.0, 2.0, 0.0] and metrics["ingest/chunks"] == 2
 
 
 def test_refused_calls_get_their_status_store_nothing_and_are_counted(served):

@@ -4,6 +4,7 @@ to the newest checkpoint that loads and publishes that version, so the actors re
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from learner.checkpoint import save_checkpoint
 from learner.recovery import WeightPublisher, recover
@@ -63,6 +64,7 @@ class Algorithm:
 
     def load_state_dict(self, state):
         self.updates, self.frames = int(state["updates"]), 10 * int(state["updates"])
+        self.loaded = state
 
     def actor_weights(self):
         return {"w": np.array([self.updates])}
@@ -78,8 +80,9 @@ def _worker(algorithm, published):
 
 
 def test_a_restart_goes_back_to_the_newest_checkpoint_that_loads_and_publishes_its_version(tmp_path):
-    save_checkpoint(tmp_path, {"updates": 4}, 4)
-    save_checkpoint(tmp_path, {"updates": 8}, 8)
+    # With a tensor, so that where the checkpoint is loaded to matters.
+    save_checkpoint(tmp_path, {"updates": 4, "w": torch.zeros(2)}, 4)
+    save_checkpoint(tmp_path, {"updates": 8, "w": torch.ones(2)}, 8)
     newest = tmp_path / "checkpoints" / "ckpt_000000012.pt"
     newest.write_bytes(b"cut short by the kill")
     published = []
@@ -89,6 +92,7 @@ def test_a_restart_goes_back_to_the_newest_checkpoint_that_loads_and_publishes_i
     assert recovered == {"checkpoint": str(tmp_path / "checkpoints" / "ckpt_000000008.pt"),
                          "corrupt_skipped": 1, **worker.counters()}
     assert recovered["updates"] == 8 and recovered["frames"] == 80 and recovered["version"] == 8
+    assert worker.algorithm.loaded["w"].device.type == "cpu" and worker.algorithm.loaded["w"].tolist() == [1, 1]
 
 
 def test_a_restart_before_any_checkpoint_publishes_the_initial_weights(tmp_path):
