@@ -31,6 +31,7 @@ class FakeRay:
         if isinstance(ref, list):
             return [self.get(r) for r in ref]
         self.get_timeouts.append(timeout)
+        assert ref.ready, "waited on a call that has not finished"
         if ref.error is not None:
             raise ref.error
         return ref.value
@@ -73,7 +74,9 @@ def task_error(cause):
 
 def test_the_learners_calls_pass_their_arguments_and_results(fake_ray):
     learner = Handle(counters={"updates": 3}, train={"counters": {"updates": 5}}, save="ckpt_5.pt")
-    roles = RayRoles(learner, [], [])
+    actors = [Handle()]
+    roles = RayRoles(learner, [], actors)
+    assert roles.health.actors is actors
     assert roles.counters() == {"updates": 3}
     assert roles.train(max_updates=7, max_seconds=0.5) == {"counters": {"updates": 5}}
     assert roles.save("runs/x", 4) == "ckpt_5.pt"
@@ -192,19 +195,22 @@ def test_actor_health_counts_restarts_unreachable_actors_and_steps_over_incarnat
     assert fake_ray.waits == [(3, 3, 3.0)]
     assert health.metrics() == {"actors/restarts": 0, "actors/unreachable": 0, "actors/env_errors": 1,
                                 "actors/env_steps": 22}
-    # a restarted (new incarnation, counters from 0), b does not answer, c is dead for good.
-    a.replies["stats"] = stats("a2", 4)
-    b.replies["stats"] = Ref(ready=False)
-    c.replies["stats"] = Ref(error=ray.exceptions.ActorDiedError())
+    # a is dead for good, b restarted (a new incarnation, counters from 0), c does not answer.
+    a.replies["stats"] = Ref(error=ray.exceptions.ActorDiedError())
+    b.replies["stats"] = stats("b2", 4)
+    c.replies["stats"] = Ref(ready=False)
     health.poll()
     assert fake_ray.waits[-1] == (3, 3, 2.0)
     assert health.metrics() == {"actors/restarts": 1, "actors/unreachable": 2, "actors/env_errors": 1,
-                                "actors/env_steps": 10 + 4 + 5 + 7}
+                                "actors/env_steps": 10 + 5 + 4 + 7}
     assert not health.all_unreachable
-    a.replies["stats"] = stats("a2", 6)  # the same incarnation again: no restart
+    b.replies["stats"] = stats("b2", 6)  # the same incarnation again: no restart
     health.poll()
-    assert health.restarts == 1 and health.steps == 10 + 6 + 5 + 7
-    a.replies["stats"] = Ref(ready=False)
+    assert health.restarts == 1 and health.steps == 10 + 5 + 6 + 7
+    b.replies["stats"] = stats("b3", 1)  # and once more
+    health.poll()
+    assert health.restarts == 2 and health.steps == 10 + 5 + 6 + 1 + 7
+    b.replies["stats"] = Ref(ready=False)
     health.poll()
     assert health.unreachable == 3 and health.all_unreachable
 
