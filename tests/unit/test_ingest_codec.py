@@ -60,15 +60,22 @@ SPEC_2D = EnvSpec(obs_shape=(2,), obs_dtype=np.dtype(np.float32), action_dim=2)
 @pytest.mark.parametrize("row", [
     (0, np.nan, 3, 0.0), (0, np.inf, 3, 1.0), (0, -np.inf, 3, 1.0),  # a return that poisons the means
     (0, 1.0, np.inf, 0.0), (0, 1.0, np.nan, 0.0), (0, 1.0, -1, 0.0),  # a length no episode has
-    (np.nan, 1.0, 3, 0.0), (1.5, 1.0, 3, 0.0), (-1, 1.0, 3, 0.0),  # not a task of this run
+    (np.nan, 1.0, 3, 0.0), (1.5, 1.0, 3, 0.0), (-1, 1.0, 3, 0.0), (3, 1.0, 3, 0.0),  # not a task of this run
 ], ids=["nan return", "inf return", "-inf return", "inf length", "nan length", "negative length",
-        "nan task", "fractional task", "negative task"])
+        "nan task", "fractional task", "negative task", "task past the last"])
 def test_episode_rows_that_are_not_episodes_are_refused(row):
     raw = _chunk()
     good = (2, -4.5, 0, np.nan)  # a zero-length episode of the last task, success unknown
     message = encode_chunk(1, *raw.values(), episodes=[good, row])
     with pytest.raises(ChunkError, match=r"^chunk 1: episodes rows must be \(known task id, finite return, "
                                          r"length >= 0, success or NaN\)$"):
+        ChunkSchema.of(SPEC_2D, num_tasks=3).decode(message)
+
+
+def test_an_episodes_array_of_another_dtype_is_refused_by_its_name():
+    message = encode_chunk(1, *_chunk().values())
+    message.episodes.CopyFrom(encode_array(np.zeros((1, 4)), np.float32))
+    with pytest.raises(ChunkError, match=r"^episodes: dtype '<f4', expected '<f8'$"):
         ChunkSchema.of(SPEC_2D, num_tasks=3).decode(message)
 
 

@@ -164,7 +164,8 @@ def test_refused_calls_get_their_status_store_nothing_and_are_counted(served):
                                          metadata=(("authorization", f"Bearer {TOKEN}"),))), details=True)
     assert garbage.startswith("INVALID_ARGUMENT: not a TransitionChunk message (Error parsing message")
     assert _code(lambda: IngestClient(server.address, TOKEN).send(**bad_task)) == "INVALID_ARGUMENT"
-    assert _code(lambda: IngestClient(server.address, "wrong").send(**rows(3))) == "UNAUTHENTICATED"
+    assert _code(lambda: IngestClient(server.address, "wrong").send(**rows(3)), details=True) == (
+        "UNAUTHENTICATED: missing or wrong bearer token (metadata authorization: Bearer <token>)")
     no_token = IngestClient(server.address, TOKEN)
     no_token.metadata = ()
     assert _code(lambda: no_token.describe()) == "UNAUTHENTICATED"
