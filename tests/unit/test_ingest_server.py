@@ -190,7 +190,7 @@ def test_describe_tells_a_producer_the_run_it_feeds():
 
 def test_a_server_needs_a_token_and_a_free_address():
     schema = ChunkSchema.of(SPEC, 3)
-    with pytest.raises(ValueError, match="non-empty token"):
+    with pytest.raises(ValueError, match="^the ingestion server needs a non-empty token$"):
         IngestServer(schema, ["a", "b", "c"], [], [], "")
     server = IngestServer(schema, ["a", "b", "c"], [], [], TOKEN)
     server.stop(0)
