@@ -157,3 +157,22 @@ def test_integer_observations_are_not_checked_for_finiteness_and_get_their_one_h
     assert chunk["obs"].dtype == np.uint8
     np.testing.assert_array_equal(chunk["obs"], [[255] * 3 + [0, 1], [255] * 3 + [1, 0], [255] * 3 + [0, 1]])
     assert chunk["action"].dtype == np.float32 and chunk["task_id"].dtype == np.int64
+
+
+def test_one_episode_may_be_given_as_a_flat_row_and_actions_at_the_bounds_pass():
+    raw = _chunk(4)
+    raw["action"] = np.asarray([[1.0, -1.0], [0.5, 0.0], [-1.0, 1.0], [0.0, 0.0]])
+    chunk = ChunkSchema.of(SPEC_2D, num_tasks=3).decode(encode_chunk(1, *raw.values(), episodes=(1, 3.5, 20, 1.0)))
+    np.testing.assert_array_equal(chunk["episodes"], [[1, 3.5, 20, 1.0]])
+    np.testing.assert_array_equal(chunk["action"], raw["action"].astype(np.float32))
+
+
+def test_refusals_of_long_dtypes_and_shapes_stay_short_and_name_every_row_dimension():
+    schema = ChunkSchema(num_tasks=3, obs_shape=(2, 3), obs_dtype=np.dtype(np.float32), action_dim=2)
+    message = encode_chunk(1, [0], np.zeros((1, 2, 3)), np.zeros((1, 2)), [0.0], np.zeros((1, 2, 3)), [False], [False])
+    message.obs.shape[:] = [1, 2, 3, 1, 1, 1, 1, 1, 1, 1]
+    with pytest.raises(ChunkError, match=r"^obs: shape \[1, 2, 3, 1, 1, 1, 1, 1\], expected \[N, 2, 3\]$"):
+        schema.decode(message)
+    message.obs.dtype = "<" + "f" * 30
+    with pytest.raises(ChunkError, match=r"^obs: dtype '<fffffffffffffff', expected '<f4'$"):
+        schema.decode(message)
