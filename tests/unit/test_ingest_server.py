@@ -6,6 +6,7 @@ tests/integration/test_grpc_ingest_hostile.py and test_grpc_ingest_shard_killed.
 from __future__ import annotations
 
 import socket
+import threading
 
 import grpc
 import numpy as np
@@ -38,8 +39,10 @@ class FakeShard:
         return self
 
 
-def fetch_from(log):
+def fetch_from(log, threads=None):
     def fetch(refs):
+        if threads is not None:
+            threads.append(threading.current_thread().name)
         log.append(("wait", len(refs)))
         if any(shard.failing for shard in refs):
             raise ray.exceptions.RayActorError()
@@ -151,6 +154,19 @@ def test_rows_are_counted_per_task_also_when_a_chunk_holds_only_some_tasks(serve
         client.send(**rows(2, tasks=(1,)))
     metrics = server.metrics()
     assert [metrics[f"ingest/rows/{n}"] for n in "abc"] == [4.0, 2.0, 0.0] and metrics["ingest/chunks"] == 2
+
+
+def test_calls_run_on_the_servers_own_named_threads():
+    """So that a stack dump of the driver tells the ingestion calls apart (py-spy, faulthandler)."""
+    threads = []
+    server = IngestServer(ChunkSchema.of(SPEC, 3), ["a", "b", "c"], [FakeShard(0, [])], [100], TOKEN,
+                          fetch=fetch_from([], threads)).start()
+    try:
+        with IngestClient(server.address, TOKEN) as client:
+            client.send(**rows(3))
+    finally:
+        server.stop(0)
+    assert len(threads) == 1 and threads[0].startswith("ingest_")
 
 
 def test_refused_calls_get_their_status_store_nothing_and_are_counted(served):
