@@ -52,7 +52,7 @@ def with_password(url: str, password: str | None) -> str:
     if parts.scheme == "unix":
         query = dict(parse_qsl(parts.query))
         query.setdefault("password", password)
-        return urlunsplit(parts._replace(query=urlencode(query)))
+        return _unsplit(parts._replace(query=urlencode(query)))
     if parts.password:
         return url
     user = quote(parts.username, safe="") if parts.username else ""
@@ -65,7 +65,16 @@ def redacted(url: str) -> str:
     parts = urlsplit(url)
     netloc = parts.netloc.rpartition("@")[2]
     query = urlencode([(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)])
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
+    return _unsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _unsplit(parts) -> str:
+    """`urlunsplit`, but a unix socket's URL keeps its `//`: urllib writes `unix:/path` (it
+    knows no unix scheme), which redis-py refuses."""
+    url = urlunsplit(parts)
+    if parts.scheme == "unix" and not url.startswith("unix://"):
+        url = "unix://" + url[len("unix:"):]
+    return url
 
 
 def check_reachable(url: str, password_env: str = "ACCORD_REDIS_PASSWORD") -> None:

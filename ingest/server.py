@@ -31,7 +31,7 @@ import hmac
 import threading
 from collections import Counter
 from concurrent import futures
-from typing import Sequence
+from typing import Callable, Sequence
 
 import grpc
 import numpy as np
@@ -47,16 +47,19 @@ SERVICE = pb.DESCRIPTOR.services_by_name["Ingest"].full_name
 
 class IngestServer:
     """`shards[s]` is a Ray actor handle with `insert.remote(chunk) -> {"weights_version": ...}`
-    (replay/replay_service.py), `max_insert[s]` the most rows one insert into it may hold."""
+    (replay/replay_service.py), `max_insert[s]` the most rows one insert into it may hold.
+    `fetch` waits for a list of insert calls (`ray.get`; tests hand in plain fakes); a shard
+    that fails raises a `ray.exceptions.RayError` from it."""
 
     def __init__(self, schema: ChunkSchema, task_names: Sequence[str], shards: Sequence,
                  max_insert: Sequence[int], token: str, host: str = "127.0.0.1", port: int = 0,
                  max_message_bytes: int = 4 * 1024 * 1024, max_streams: int = 8,
-                 tls: tuple[bytes, bytes] | None = None):
+                 tls: tuple[bytes, bytes] | None = None, fetch: Callable[[list], list] = ray.get):
         if not token:
             raise ValueError("the ingestion server needs a non-empty token")
         self.schema, self.task_names = schema, list(task_names)
         self.shards, self.max_insert = list(shards), list(max_insert)
+        self._fetch = fetch
         self.max_message_bytes = max_message_bytes
         self._expected = f"Bearer {token}".encode()
         self._lock = threading.Lock()
@@ -152,7 +155,7 @@ class IngestServer:
         while pieces:
             refs = [self.shards[s].insert.remote(queue.pop(0)) for s, queue in pieces.items()]
             pieces = {s: queue for s, queue in pieces.items() if queue}
-            replies = ray.get(refs)
+            replies = self._fetch(refs)
             with self._lock:
                 self._version = max([self._version, *(r.get("weights_version", -1) for r in replies)])
         with self._lock:

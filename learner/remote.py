@@ -8,8 +8,8 @@ checkpoint and stop between them.
 Recovery: the driver creates this actor with `learner.max_restarts`. When its process dies,
 Ray runs `__init__` again in a new one, which continues from the newest checkpoint of the run
 directory that loads (the updates since are lost, at most one checkpoint interval) and
-publishes those weights, so the actors resync to them; the replay or queue service lives in
-its own actors and keeps its data.
+publishes those weights, so the actors resync to them (learner/recovery.py, without Ray); the
+replay or queue service lives in its own actors and keeps its data.
 """
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ import torch
 
 from ray_support.actor_restart import restarted_by_ray
 from learner.registry import build_algorithm, build_source
-from learner.checkpoint import load_checkpoint, load_latest, save_checkpoint
+from learner.checkpoint import load_checkpoint, save_checkpoint
+from learner.recovery import WeightPublisher, recover
 from learner.worker import LearnerWorker
 
 
@@ -47,22 +48,13 @@ class LearnerActor:
         self.device = resolve_device(cfg.learner.device)
         self.learner = build_algorithm(cfg, spec, self.device)
         self.source = build_source(cfg, service)
+        publisher = WeightPublisher(weight_store, self.service, put=ray.put, fetch=ray.get)
         self.worker = LearnerWorker(self.learner, self.source, cfg.learner.publish_every,
-                                    publish_weights=self._publish_weights,
+                                    publish_weights=publisher,
                                     fetch=lambda request, timeout: ray.get(request, timeout=timeout))
         self.recovered: dict | None = None  # set in a process that Ray restarted
         if restarted_by_ray() and run_dir is not None:
-            self.recovered = self._recover(run_dir)
-
-    def _recover(self, run_dir: str) -> dict:
-        """Continue from the newest checkpoint that loads (none yet: from the start) and
-        publish its weights; returns what the driver logs."""
-        restored = load_latest(run_dir, map_location="cpu")
-        if restored.state is not None:
-            self.learner.load_state_dict(restored.state)
-        self.worker.publish()
-        return {"checkpoint": None if restored.path is None else str(restored.path),
-                "corrupt_skipped": len(restored.corrupt), **self.counters()}
+            self.recovered = recover(self.worker, run_dir)
 
     def recovery(self) -> dict | None:
         """What this process restored after a restart (None in the first process)."""
@@ -94,10 +86,3 @@ class LearnerActor:
     def train(self, max_updates: int, max_seconds: float) -> dict:
         """Run up to `max_updates` updates or `max_seconds`; returns the chunk's metrics."""
         return self.worker.train(max_updates, max_seconds)
-
-    def _publish_weights(self, version: int, weights: dict) -> None:
-        ref = ray.put(weights)  # once, however many actors read it
-        ray.get(self.weight_store.publish.remote(version, [ref]))
-        # Then the service shards, whose insert replies tell the actors: by the time an actor
-        # hears of `version`, the weight store holds it.
-        ray.get([shard.set_weights_version.remote(version) for shard in self.service])

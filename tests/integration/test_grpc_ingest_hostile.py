@@ -19,15 +19,12 @@ import numpy as np
 import pytest
 import ray
 
-from envs.spec import EnvSpec
 from ingest import ingest_pb2 as pb
 from ingest.client import IngestClient
 from ingest.codec import ChunkSchema, encode_array, encode_chunk
 from ingest.server import SERVICE, IngestServer
-from replay.rate_limiter import SampleToInsertRatio
-from replay.replay_service import ReplayService
-from replay.replay_table import FIELDS, ReplayTable
 from tests.support.ingest_rows import killed_rows
+from tests.support.inspectable_shard import SPEC, InspectableShard
 
 pytestmark = pytest.mark.integration
 
@@ -35,29 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 TOKEN = "s3cret-token"
 NUM_TASKS = 3  # two shards: tasks {0, 2} and {1}
-SPEC = EnvSpec(obs_shape=(2,), obs_dtype=np.dtype(np.float32), action_dim=2)
 MAX_MESSAGE = 64 * 1024
-
-
-@ray.remote(num_cpus=0, max_concurrency=100)
-class InspectableShard:
-    """A replay shard as replay/replay_service.py builds it, plus a look at its table."""
-
-    def __init__(self, task_ids, samples_per_insert=None):
-        table = ReplayTable(task_ids, 100_000, SPEC.obs_shape, SPEC.obs_dtype, SPEC.action_dim)
-        limiter = SampleToInsertRatio(samples_per_insert, 0.0, 16, 30)
-        self.service = ReplayService(table, limiter, learning_starts=1)
-
-    async def insert(self, chunk):
-        return await self.service.insert(chunk)
-
-    async def sample(self, batch_per_task):
-        return await self.service.sample(batch_per_task, timeout=5)
-
-    def rows(self):
-        table = self.service.table
-        return {t: {k: table._rings[t].arrays[k][:table.size(t)].copy() for k in FIELDS}
-                for t in table.task_ids if table.size(t)}
 
 
 def _rows(n, tasks, rng, offset=0.0):
@@ -197,11 +172,8 @@ def test_hostile_input_gets_its_status_and_the_table_holds_exactly_what_was_acke
         killed.wait()
     acked += [killed_rows(k) for k in range(2)]
     client.close()
-    time.sleep(0.5)  # the calls that just ended give their slots back
     # More calls than max_streams (3): the fourth is refused at once, the first three go on.
-    holders = [IngestClient(address, TOKEN) for _ in range(3)]
-    for h in holders:
-        good(h, n=4)
+    holders = _hold_every_stream(address, lambda h: good(h, n=4))
     results["too many streams"] = _code(lambda: IngestClient(address, TOKEN).send(**_send_args(base)))
     for h in holders:
         h.close()
@@ -241,6 +213,26 @@ def test_hostile_input_gets_its_status_and_the_table_holds_exactly_what_was_acke
     assert metrics["ingest/rejected/INVALID_ARGUMENT"] == 17
 
 
+def _hold_every_stream(address, send, streams=3, timeout=120.0):
+    """`streams` clients, each with an open stream that `send` has used. grpc gives a call's
+    slot back when its handler thread ends, a moment after the client saw the call end, so the
+    calls that just ended may still hold slots: until all are free a send is refused with
+    RESOURCE_EXHAUSTED, and then the clients close and try again."""
+    deadline = time.monotonic() + timeout
+    while True:
+        holders = [IngestClient(address, TOKEN) for _ in range(streams)]
+        try:
+            for h in holders:
+                send(h)
+            return holders
+        except grpc.RpcError as exc:
+            for h in holders:
+                h.close()
+            if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _send_args(rows):
     return dict(task_ids=rows["task_ids"], obs=rows["obs"], action=rows["action"], reward=rows["reward"],
                 next_obs=rows["next_obs"], terminated=rows["terminated"], truncated=rows["truncated"])
@@ -257,10 +249,15 @@ def test_a_producer_ahead_of_the_learner_waits_for_it(local_ray):
             assert client.send(**_send_args(_rows(3, [0, 1, 2], rng))) == 3  # every task: sampling may start
             assert client.send(**_send_args(_rows(16, [0, 1, 2], rng))) == 16  # within the tolerance
             third = pool.submit(client.send, **_send_args(_rows(16, [0, 1, 2], rng)))
-            time.sleep(1.5)
-            assert not third.done()  # held back: 16 + 16 inserted rows exceed the tolerance of 23
+            # Held back: 16 + 16 inserted rows exceed the tolerance of 23. Its insert waits at
+            # the shard (counted as blocked, nothing stored) and only a sample can release it.
+            deadline = time.monotonic() + 120
+            while ray.get(shard.stats.remote())["replay/blocked_inserts"] < 1:
+                assert time.monotonic() < deadline and not third.done(), "the third insert did not wait"
+                time.sleep(0.05)
+            assert ray.get(shard.stats.remote())["replay/size"] == 19 and not third.done()
             assert ray.get(shard.sample.remote(10)) is not None  # the learner takes 30 rows
-            assert third.result(timeout=10) == 16
+            assert third.result(timeout=120) == 16
     finally:
         server.stop(0)
 

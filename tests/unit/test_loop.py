@@ -39,3 +39,21 @@ def test_a_run_without_rollout_actors_has_no_dead_fleet():
     health = ActorHealth([])
     health.poll()
     assert not health.all_unreachable and health.unreachable == 0
+
+
+def test_merged_shard_stats_add_counts_and_recompute_the_ratio_from_the_sums():
+    from accord.loop import merge_service_stats
+
+    merged = merge_service_stats([
+        {"replay/size": 10.0, "replay/sampled": 30.0, "replay/inserted": 10.0, "replay/samples_per_insert": 3.0},
+        {"replay/size": 5.0, "replay/sampled": 10.0, "replay/inserted": 20.0, "replay/samples_per_insert": 0.5},
+    ])
+    assert merged == {"replay/size": 15.0, "replay/sampled": 40.0, "replay/inserted": 30.0,
+                      "replay/samples_per_insert": 40.0 / 30.0}
+    # Nothing inserted yet: no division by zero; one row inserted is one, not clamped up.
+    assert merge_service_stats([{"replay/sampled": 0.0, "replay/inserted": 0.0,
+                                 "replay/samples_per_insert": 0.0}])["replay/samples_per_insert"] == 0.0
+    assert merge_service_stats([{"replay/sampled": 2.0, "replay/inserted": 1.0,
+                                 "replay/samples_per_insert": 2.0}])["replay/samples_per_insert"] == 2.0
+    # A queue's stats get no ratio.
+    assert merge_service_stats([{"queue/depth": 2.0}, {"queue/depth": 3.0}]) == {"queue/depth": 5.0}

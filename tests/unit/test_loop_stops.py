@@ -267,3 +267,171 @@ def test_a_learner_dead_past_max_restarts_stops_the_run_with_the_resume_command(
     assert "is not coming back after 1 restarts (learner.max_restarts: 1)" in result.reason
     assert console.lines[-1] == f"resume with: accord train --resume {tmp_path}"
     assert roles.saves == [2, 4, 6]  # none after the second death: that learner is gone
+
+
+def test_after_a_restart_to_an_older_checkpoint_the_next_one_is_due_an_interval_from_it(tmp_path, clock):
+    """The newest checkpoint (update 8) did not load, so the learner went back to update 4:
+    the next checkpoint is due 4 updates from there, at 8 again, not at 12 (the driver's last
+    write), which would leave 8 updates unsaved."""
+
+    class Roles(DyingLearnerRoles):
+        def restarted_learner(self):
+            self.updates = 4
+            return {"checkpoint": "ckpt_000000004.pt", **self.counters()}
+
+    roles = Roles(clock, deaths={6}, updates_per_chunk=2)
+    run_loop(tmp_path, make_cfg(checkpoint_every=4), roles)
+    assert roles.saves[:5] == [4, 8, 8, 12, 16]
+
+
+class StoppedWhileDyingRoles(FakeRoles):
+    """The stop signal reaches Ray's processes too: the learner dies in the chunk during which
+    the driver hears the signal (`in_chunk`), or in the call for its counters after it."""
+
+    def __init__(self, clock, stop, in_chunk=True):
+        super().__init__(clock)
+        self.stop, self.in_chunk, self.restarts = stop, in_chunk, 0
+
+    def train(self, max_updates, max_seconds):
+        out = super().train(max_updates, max_seconds)
+        if self.chunks == 3:
+            self.stop.signal_name = "SIGTERM"
+            self.dead = True
+            if self.in_chunk:
+                raise loop_module.LearnerLost("The actor died unexpectedly before finishing this task.")
+        return out
+
+    def counters(self):
+        if getattr(self, "dead", False):
+            raise loop_module.LearnerLost("The actor died unexpectedly before finishing this task.")
+        return super().counters()
+
+    def restarted_learner(self):
+        self.restarts += 1  # a stopping run must not wait for a restart
+        raise AssertionError("waited for a restart while stopping")
+
+
+@pytest.mark.parametrize("in_chunk", [True, False], ids=["in its chunk", "after its chunk"])
+def test_a_learner_dying_with_the_stop_signal_fails_the_run_without_a_checkpoint(tmp_path, clock, in_chunk):
+    stop = Stop()
+    roles = StoppedWhileDyingRoles(clock, stop, in_chunk=in_chunk)
+    result, console, _, status = run_loop(tmp_path, make_cfg(), roles, stop=stop)
+    assert result.exit_code == EXIT_FAILED and status["state"] == "failed"
+    assert result.reason.startswith("interrupted by SIGTERM; the learner died before the final checkpoint (")
+    assert roles.saves == [] and roles.restarts == 0
+    assert console.lines[-1] == f"resume with: accord train --resume {tmp_path}"
+
+
+class EvaluatingRoles(FakeRoles):
+    """An evaluator whose evaluation `i` (from 1) finishes at the second poll of it, with success
+    rate i; the final wait (a timeout > 0) gets it at once, or never with `final_finishes` off."""
+
+    can_evaluate = True
+
+    def __init__(self, clock, final_finishes=True, **kwargs):
+        super().__init__(clock, **kwargs)
+        self.final_finishes, self.started, self.timeouts = final_finishes, [], []
+
+    def start_evaluation(self):
+        self.started.append(self.updates)
+        return {"id": len(self.started), "polls": 0}
+
+    def evaluation_result(self, pending, timeout):
+        self.timeouts.append(timeout)
+        pending["polls"] += 1
+        finished = self.final_finishes if timeout > 0 else pending["polls"] >= 2
+        return {"eval/success_mean": float(pending["id"])} if finished else None
+
+
+def test_evaluations_start_every_eval_every_updates_one_at_a_time_each_in_one_row(tmp_path, clock):
+    roles = EvaluatingRoles(clock)
+    result, console, sink, _ = run_loop(tmp_path, make_cfg(eval_every=4, log_every=1.0, total_frames=100 * 12),
+                                        roles)
+    assert roles.started == [4, 8, 12]  # the one started at 4 finished at 8, and so on
+    assert roles.timeouts == [0, 0, 0, 0, 600]  # polls never wait; the end waits for the last one
+    assert [(row["updates"], row.get("eval/success_mean")) for row in sink.rows] == [
+        (2, None), (4, None), (6, None), (8, 1.0), (10, None), (12, 2.0), (12, 3.0)]
+    assert result.exit_code == EXIT_OK
+    assert console.lines[-1] == "evaluation: mean success rate 3.00 over 1 tasks"
+
+
+def test_the_end_of_a_run_is_evaluated_and_a_final_evaluation_that_never_ends_is_skipped(tmp_path, clock):
+    roles = EvaluatingRoles(clock, final_finishes=False)
+    result, console, sink, _ = run_loop(tmp_path, make_cfg(eval_every=100, total_frames=100 * 6), roles)
+    assert roles.started == [6] and roles.timeouts == [600]  # none due in the run: one at its end
+    assert "[yellow]the final evaluation did not finish within 600 s; skipped" in console.lines
+    assert not any(line.startswith("evaluation:") for line in console.lines)
+    assert "eval/success_mean" not in sink.rows[-1] and result.exit_code == EXIT_OK
+
+
+def test_no_evaluation_without_eval_every(tmp_path, clock):
+    roles = EvaluatingRoles(clock)
+    run_loop(tmp_path, make_cfg(eval_every=0, total_frames=100 * 6), roles)
+    assert roles.started == [] and roles.timeouts == []
+
+
+def test_each_restart_is_counted_with_the_updates_it_lost_and_the_run_goes_on(tmp_path, clock):
+    """Two deaths in one run: the first before any checkpoint (back to the initial weights,
+    every update seen lost), the second right after a checkpoint (nothing lost)."""
+
+    class Roles(DyingLearnerRoles):
+        def train(self, max_updates, max_seconds):
+            if self.chunks + 1 == 8:
+                self.saved = self.updates  # a checkpoint written just before this death
+            return super().train(max_updates, max_seconds)
+
+        def restarted_learner(self):
+            self.updates = self.saved
+            checkpoint = f"ckpt_{self.saved:09d}.pt" if self.saved else None
+            return {"checkpoint": checkpoint, "corrupt_skipped": 0, **self.counters()}
+
+    roles = Roles(clock, deaths={3, 8}, updates_per_chunk=2)
+    result, console, sink, _ = run_loop(tmp_path, make_cfg(log_every=1.0), roles)
+    restarts = [line for line in console.lines if "the learner restarted" in line]
+    assert restarts[0].startswith("the learner restarted (1 of learner.max_restarts 3) from its initial "
+                                  "weights at update 0; the updates past it are lost (the driver had seen "
+                                  "update 4: 4 lost at least), and the actors resync")
+    assert "(2 of learner.max_restarts 3) from ckpt_000000008.pt at update 8;" in restarts[1]
+    assert "(the driver had seen update 8: 0 lost at least)" in restarts[1]
+    assert [(row["learner/restarts"], row["learner/updates_lost"]) for row in sink.rows][-1] == (2.0, 4.0)
+    assert result.exit_code == EXIT_OK and set(result.counters) == {"updates", "frames"}
+
+
+def test_a_learner_dead_past_its_restarts_names_why_it_died(tmp_path, clock):
+    roles = DyingLearnerRoles(clock, deaths={2}, updates_per_chunk=2)
+    result, *_ = run_loop(tmp_path, make_cfg(learner={"max_restarts": 0}), roles)
+    assert result.reason == ("the learner died (The actor died unexpectedly before finishing this task.) "
+                             "and is not coming back after 0 restarts (learner.max_restarts: 0); its "
+                             "newest checkpoint holds the run")
+
+
+def test_a_mean_return_at_the_target_stops_the_run(tmp_path, clock):
+    at_target = [[(0, 400.0, 400, float("nan"))]] * 5
+    roles = FakeRoles(clock, episodes_per_chunk=at_target)
+    result, *_ = run_loop(tmp_path, make_cfg(stop_return=400.0), roles)
+    assert result.reason == "every task reached mean return 400.0" and roles.chunks == 5
+
+
+def test_a_dead_service_ends_the_run_with_a_checkpoint_and_rows_without_its_stats(tmp_path, clock):
+    class Roles(FakeRoles):
+        dead = False
+
+        def train(self, max_updates, max_seconds):
+            if self.chunks == 6:
+                self.dead = True
+                raise loop_module.ServiceLost("The actor died unexpectedly before finishing this task.")
+            return super().train(max_updates, max_seconds)
+
+        def service_stats(self):
+            if self.dead:
+                raise AssertionError("asked a dead service for its stats")
+            return super().service_stats()
+
+    roles = Roles(clock)
+    result, console, sink, status = run_loop(tmp_path, make_cfg(log_every=5.0), roles)
+    assert result.exit_code == EXIT_FAILED and status["state"] == "failed"
+    assert result.reason == ("a service actor died (The actor died unexpectedly before finishing this "
+                             "task.); nothing is left to train on")
+    assert roles.saves == [12]  # the learner lives: its final checkpoint
+    # A row at 5 s with the queue's stats; the final row (update 12) without them.
+    assert [(row["updates"], "queue/depth" in row) for row in sink.rows] == [(10, True), (12, False)]

@@ -1,5 +1,7 @@
 """The Redis URL of a durable replay: the password joins it from the environment, and never
 reaches a message."""
+import redis
+
 from accord.replay_store import redacted, with_password
 from replay.sharding import is_loopback_url
 
@@ -9,13 +11,20 @@ def test_the_password_joins_a_url_that_has_none_and_never_replaces_one():
     assert with_password("redis://user@h:6380/0", "pw") == "redis://user:pw@h:6380/0"
     assert with_password("redis://:mine@h:6380/0", "pw") == "redis://:mine@h:6380/0"
     assert with_password("redis://h:6380/0", None) == "redis://h:6380/0"
-    assert "password=pw" in with_password("unix:///run/redis.sock?db=1", "pw")
+    unix = with_password("unix:///run/redis.sock?db=1", "p w/")
+    assert unix == "unix:///run/redis.sock?db=1&password=p+w%2F"
+    assert redis.connection.parse_url(unix) == {"path": "/run/redis.sock", "db": 1, "password": "p w/",
+                                                "connection_class": redis.UnixDomainSocketConnection}
+    assert with_password("unix:///run/redis.sock?password=mine", "pw") == "unix:///run/redis.sock?password=mine"
+    # Characters that would end the user or the host part are escaped.
+    assert with_password("redis://h:6380/0", "a/b@c:d") == "redis://:a%2Fb%40c%3Ad@h:6380/0"
 
 
 def test_messages_show_the_url_without_its_password():
     assert redacted("redis://:s3cret@h:6380/0") == "redis://h:6380/0"
     assert redacted("redis://user:s3cret@h:6380/0") == "redis://h:6380/0"
-    assert "s3cret" not in redacted("unix:///run/redis.sock?db=1&password=s3cret")
+    assert redacted("redis://:p@ss@h:6380/0") == "redis://h:6380/0"  # an @ in the password itself
+    assert redacted("unix:///run/redis.sock?db=1&password=s3cret") == "unix:///run/redis.sock?db=1&password=%2A%2A%2A"
 
 
 def test_only_a_loopback_redis_pins_the_replay_shards_to_the_driver_s_node():
