@@ -61,6 +61,13 @@ def critic_loss(model, obs, act, task, target):
     return F.mse_loss(model(obs, act, task), target)
 
 
+def critic_losses(model, obs, act, task, target):
+    """All K tasks' `critic_loss` from one plain forward of the whole [K, n] batch."""
+    K, n = target.shape
+    q = model(obs.flatten(0, 1), act.flatten(0, 1), task.flatten(0, 1)).view(K, n)
+    return ((q - target) ** 2).mean(dim=1)
+
+
 def _naive_pcgrad(model, batch, rng: random.Random):
     """Reference loop: K backward passes, then Alg. 1 on vectors, one pair at a time."""
     obs, act, task, target = batch
@@ -94,11 +101,12 @@ def mtsac_case(K: int, n: int, hidden: int, device: str):
     names = [name for name, _ in base.named_parameters()]
 
     def plain(model):
-        q = model(obs.flatten(0, 1), act.flatten(0, 1), batch[2].flatten(0, 1)).view(K, n)
-        ((q - target) ** 2).mean(dim=1).sum().backward()
+        critic_losses(model, *batch).sum().backward()
 
     def ours(combiner):
-        return lambda model: apply_task_split(combiner, model, critic_loss, batch, names)
+        # The fixed-weight update (sum) takes the batched losses; PCGrad needs G (vmap).
+        return lambda model: apply_task_split(combiner, model, critic_loss, batch, names,
+                                              batched_loss_fn=critic_losses)
 
     rng = random.Random(0)
     return base, [("plain", plain), ("sum", ours(Sum())), ("pcgrad", ours(PCGrad(seed=0))),

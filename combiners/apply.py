@@ -67,34 +67,53 @@ def _check_disjoint(shared: Sequence[torch.Tensor], heads: Sequence[Sequence[tor
             seen.add(id(p))
 
 
-def _apply_fixed(combiner: Combiner, w: torch.Tensor, names, L: torch.Tensor,
+def _apply_fixed(combiner: Combiner, w, names, L: torch.Tensor,
                  shared, heads, retain_graph: bool) -> Stats:
     """Shared: one backward of Σ_k w_k L_k. Heads: their own term's gradient, exactly."""
     _write_weighted(w, L, shared, heads, retain_graph)
     return combiner.record_fixed(L.detach(), names)
 
 
-def _write_weighted(w: torch.Tensor, L: torch.Tensor, shared, heads, retain_graph: bool):
-    """`.grad` of shared = ∇ Σ_k w_k L_k (one backward); of term k's heads = ∇ L_k."""
-    w = w.to(device=L.device, dtype=L.dtype)
-    w_host = w.detach().cpu().tolist()
+def _write_weighted(w, L: torch.Tensor, shared, heads, retain_graph: bool) -> None:
+    """`.grad` of shared = ∇ Σ_k w_k L_k (one backward); of term k's heads = ∇ L_k.
+
+    `w` is a tuple of host constants (config weights: the graph can be pruned by value) or a
+    tensor on the device (combiner state: never read back, so nothing branches on it).
+    """
     inputs = list(shared)
-    for k, ps in enumerate(heads):
-        if ps and w_host[k] != 1.0:
-            # ∇φ_k (w_k L_k) = w_k ∇φ_k L_k: not the term's own gradient unless w_k = 1, so take
-            # it separately (autograd only walks the head's small subgraph for these inputs).
-            for p, g in zip(ps, torch.autograd.grad(L[k], ps, retain_graph=True,
-                                                    allow_unused=True, materialize_grads=True)):
-                p.grad = g
-        elif ps:
-            inputs += ps
-    used = [k for k in range(len(heads)) if w_host[k] != 0.0]
-    if used:
-        total = (w[used] * L[used]).sum()
-        grads = torch.autograd.grad(total, inputs, retain_graph=retain_graph, allow_unused=True,
+    if isinstance(w, torch.Tensor):
+        # ∇φ_k (w_k L_k) = w_k ∇φ_k L_k is not the head's own gradient, and w is not known on
+        # the host: the shared parameters take Σ_k w_k L_k, the heads Σ_k L_k (a head is
+        # reached by its own term only), in two calls; autograd walks only what each needs.
+        own = [p for ps in heads for p in ps]
+        grads = torch.autograd.grad(L, inputs, grad_outputs=w.to(device=L.device, dtype=L.dtype),
+                                    retain_graph=retain_graph or bool(own), allow_unused=True,
                                     materialize_grads=True)
+        if own:
+            grads += torch.autograd.grad(L.sum(), own, retain_graph=retain_graph,
+                                         allow_unused=True, materialize_grads=True)
+            inputs += own
     else:
-        grads = [torch.zeros_like(p) for p in inputs]
+        w = [float(x) for x in w]
+        for k, ps in enumerate(heads):
+            if ps and w[k] != 1.0:
+                # Not the term's own gradient unless w_k = 1: take it separately (autograd only
+                # walks the head's small subgraph for these inputs).
+                for p, g in zip(ps, torch.autograd.grad(L[k], ps, retain_graph=True,
+                                                        allow_unused=True,
+                                                        materialize_grads=True)):
+                    p.grad = g
+            elif ps:
+                inputs += ps
+        used = [k for k in range(len(heads)) if w[k] != 0.0]
+        if not used:
+            grads = [torch.zeros_like(p) for p in inputs]
+        else:
+            # (No tensor index built from `used`: that would be a host-to-device copy.)
+            total = L.sum() if len(used) == len(w) and all(x == 1.0 for x in w) else \
+                torch.stack([L[k] * w[k] if w[k] != 1.0 else L[k] for k in used]).sum()
+            grads = torch.autograd.grad(total, inputs, retain_graph=retain_graph,
+                                        allow_unused=True, materialize_grads=True)
     for p, g in zip(inputs, grads):
         p.grad = g
 
@@ -152,9 +171,17 @@ def apply_task_split(combiner: Combiner, model: nn.Module, loss_fn: Callable[...
                      task_params: Mapping[str, Sequence[str]] | Sequence[Sequence[str]]
                      | None = None, *, names: Sequence[str] | None = None,
                      layout: Layout | None = None, randomness: str = "error",
-                     chunk_size: int | None = None, has_aux: bool = False):
+                     chunk_size: int | None = None, has_aux: bool = False,
+                     batched_loss_fn: Callable[..., torch.Tensor] | None = None):
     """`apply_combined` for task-split batches: task k's loss `loss_fn(model, *batch_k)` uses
     only its own slice `task_batches[..][k]`, so G comes from one vmapped pass.
+
+    `batched_loss_fn(model, *task_batches)`, when given, returns all K task losses `[K]` (with
+    `has_aux`, `(losses, aux)`) from one plain forward over the whole batch; it must equal
+    `loss_fn` vmapped over the task axis. An update whose weights are known in advance (`Sum`;
+    `CosineGate` between measurements) then costs what a summed loss costs: one batched forward
+    and one backward, no vmap and no functional_call. Without it such an update vmaps `loss_fn`
+    for the K losses.
 
     Parameters are named as in `model.named_parameters()`; `task_params` gives per term (by
     index, or by name when `names` is given) the names only that task trains. With `has_aux`,
@@ -176,9 +203,14 @@ def apply_task_split(combiner: Combiner, model: nn.Module, loss_fn: Callable[...
     _check_disjoint(shared_params, heads)
     w = combiner.fixed_weights(K)
     if w is not None:
-        out = task_split_losses(model, loss_fn, task_batches, randomness=randomness,
-                                has_aux=has_aux)
+        if batched_loss_fn is not None:
+            out = batched_loss_fn(model, *check_task_batches(task_batches)[0])
+        else:
+            out = task_split_losses(model, loss_fn, task_batches, randomness=randomness,
+                                    has_aux=has_aux)
         L, aux = out if has_aux else (out, None)
+        if tuple(L.shape) != (K,):
+            raise ValueError(f"the task losses must have shape [{K}], got {tuple(L.shape)}")
         stats = _apply_fixed(combiner, w, names, L, shared_params, heads, retain_graph=False)
         return (stats, _detached(aux)) if has_aux else stats
     out = task_split_gradients(model, loss_fn, task_batches,
@@ -209,7 +241,8 @@ def apply_forward_dots(combiner: Combiner, model: nn.Module, main_loss: torch.Te
                        aux_losses_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
                        shared: Sequence[str],
                        task_params: Mapping[str, Sequence[str]] | Sequence[Sequence[str]]
-                       | None = None, *, names: Sequence[str] | None = None) -> Stats:
+                       | None = None, *, names: Sequence[str] | None = None,
+                       aux_losses: torch.Tensor | None = None) -> Stats:
     """`apply_combined(combiner, {"main": main_loss, **aux}, shared, task_params)` for a
     combiner that needs only ∇L_main · ∇L_aux,i (`OLAux.weights_from_dots`), without G.
 
@@ -225,6 +258,11 @@ def apply_forward_dots(combiner: Combiner, model: nn.Module, main_loss: torch.Te
     aux values with their graph, and one backward of Σ_i coef_i L_aux,i. The shared `.grad` is
     v + ∇θ Σ_i coef_i L_aux,i = Σ_k coef_k ∇θ L_k (coef_0 = 1), so the main graph is walked
     once; each head gets its own term's gradient, unweighted.
+
+    `aux_losses`, when given, are those aux losses `[K-1]` as the caller's own forward pass
+    computed them (with their graph, sharing the main loss's torso): then the forward-mode
+    pass only carries the tangent (no autograd graph is recorded for it, no second torso graph
+    is walked back) and the backward of Σ_i coef_i L_aux,i runs through the caller's graph.
     """
     if not hasattr(combiner, "weights_from_dots"):
         raise ValueError(f"apply_forward_dots needs a combiner that works from dot products "
@@ -245,9 +283,20 @@ def apply_forward_dots(combiner: Combiner, model: nn.Module, main_loss: torch.Te
 
     # v = ∇θ L_main; the main heads' gradient comes from the same backward.
     grads = torch.autograd.grad(main_loss.reshape(()), shared_params + heads[0],
-                                allow_unused=True, materialize_grads=True)
+                                allow_unused=True, materialize_grads=True,
+                                retain_graph=aux_losses is not None)
     v, main_head_grads = grads[:len(shared)], grads[len(shared):]
-    aux, dots = directional_derivatives(aux_losses_fn, named, dict(zip(shared, v)))
+    if aux_losses is None:
+        aux, dots = directional_derivatives(aux_losses_fn, named, dict(zip(shared, v)))
+    else:
+        with torch.no_grad():   # the dots only: a tangent pass on detached weights
+            _, dots = directional_derivatives(aux_losses_fn,
+                                              {n: p.detach() for n, p in named.items()},
+                                              dict(zip(shared, v)))
+        aux = aux_losses.reshape(-1)
+        if dots.shape != aux.shape:
+            raise ValueError(f"aux_losses_fn gives {dots.numel()} aux losses, aux_losses has "
+                             f"{aux.numel()}")
     K = aux.numel() + 1
     if names is None:
         names = term_names(K, None, "main_aux")

@@ -22,14 +22,19 @@ Choices made here, where the paper is silent:
   which is max(0, c_hat) at the default threshold 0;
 - with `every=k` the cosine is measured on every k-th update (the moving average advances per
   measurement) and the gate is held in between; those held updates are plain weighted sums,
-  so `fixed_weights` lets the caller skip the per-term gradients on them.
+  so `fixed_weights` lets the caller skip the per-term gradients on them;
+- a measurement whose gradients hold a NaN or inf leaves the average and the gate as they were
+  (`gate/nonfinite` is 1), so one bad batch does not poison the rest of the run.
+
+Everything (the per-layer cosines, the average, the gate) is computed on G's device in float64;
+the update counter that says when to measure is the only thing the host decides.
 """
 from __future__ import annotations
 
 import torch
 
-from combiners.base import (Combiner, Stats, check_inputs, cosine, gram, host, mix,
-                            norm_stats, term_names)
+from combiners.base import (Combiner, Stats, check_inputs, constant, cosine, f64, gram, mix,
+                            norm_stats, on_device, term_names, to_cpu, unstack)
 
 
 class CosineGate(Combiner):
@@ -39,7 +44,8 @@ class CosineGate(Combiner):
     `every`: measure on every k-th update, hold the gate in between.
 
     Stats: `cos/<aux>` (smoothed), `cos_now/<aux>` and `cos_now/<aux>/<layer>` (this
-    measurement), `gate/<aux>` (weight applied), `gate/measured`, `norm/<term>`.
+    measurement), `gate/<aux>` (weight applied), `gate/measured`, `gate/nonfinite` and
+    `norm/<term>` (on measuring updates).
     """
 
     role = "main_aux"
@@ -54,10 +60,12 @@ class CosineGate(Combiner):
             raise ValueError(f"every must be a positive integer, got {every}")
         self.mode, self.per_layer = mode, bool(per_layer)
         self.ema, self.threshold, self.every = float(ema), float(threshold), int(every)
-        self._c: torch.Tensor | None = None     # biased EMA accumulator, float64 [K-1]
-        self._n = 0                             # measurements so far
-        self._step = 0                          # updates so far
-        self._gate: torch.Tensor | None = None  # weights of the aux rows, held between measurements
+        # Device state, float64: the biased EMA accumulator c [K-1], the number of (finite)
+        # measurements n (0-dim), and the weights of the aux rows held between measurements.
+        self._c: torch.Tensor | None = None
+        self._n: torch.Tensor | None = None
+        self._gate: torch.Tensor | None = None
+        self._step = 0                          # updates so far (host counter)
 
     # ---- algorithm ---------------------------------------------------------------------------
 
@@ -66,20 +74,16 @@ class CosineGate(Combiner):
         if not self.per_layer:
             M = gram(G)
             return cosine(M[0, 1:], M[0, 0], M.diagonal()[1:]), None, M
-        grams = host(layout.grams(G))                      # [L, K, K]
+        grams = f64(layout.grams(G))                       # [L, K, K]
         sq = grams.diagonal(dim1=1, dim2=2)                # [L, K] squared norms per layer
         cos_layer = cosine(grams[:, 0, 1:], sq[:, :1], sq[:, 1:])   # [L, K-1]
         valid = (sq[:, :1] > 0) & (sq[:, 1:] > 0)
         c_t = (cos_layer * valid).sum(0) / valid.sum(0).clamp_min(1)
         return c_t, cos_layer, grams.sum(0)
 
-    def _smooth(self, c_t: torch.Tensor) -> torch.Tensor:
-        """c ← ema·c + (1 − ema)·c_t, returned debiased as c / (1 − ema^n)."""
-        if self._c is None:
-            self._c = torch.zeros_like(c_t)
-        self._n += 1
-        self._c = self.ema * self._c + (1.0 - self.ema) * c_t
-        return self._c / (1.0 - self.ema ** self._n)
+    def _debiased(self, c: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        """c / (1 − ema^n): the proper weighted mean of the n measurements seen."""
+        return c / (1.0 - torch.pow(self.ema, n))
 
     def _gate_from(self, c_hat: torch.Tensor) -> torch.Tensor:
         on = c_hat >= self.threshold
@@ -87,7 +91,30 @@ class CosineGate(Combiner):
             return on.to(torch.float64)
         return torch.where(on, c_hat.clamp_min(0.0), torch.zeros_like(c_hat))
 
+    def _advance(self, c_t: torch.Tensor, finite: torch.Tensor) -> None:
+        """c ← ema·c + (1 − ema)·c_t and the gate from its debiased value, where `finite`;
+        in place, so the state tensors keep their storage from update to update."""
+        n = self._n + finite.to(torch.float64)
+        c = torch.where(finite, self.ema * self._c + (1.0 - self.ema) * c_t, self._c)
+        self._gate.copy_(torch.where(finite, self._gate_from(self._debiased(c, n)), self._gate))
+        self._c.copy_(c)
+        self._n.copy_(n)
+
     # ---- interface ---------------------------------------------------------------------------
+
+    def to(self, device: torch.device | str) -> CosineGate:
+        """Move the state to `device` (done by the first update anyway)."""
+        self._c, self._n, self._gate = (on_device(t, torch.device(device))
+                                        for t in (self._c, self._n, self._gate))
+        return self
+
+    def _state_on(self, device: torch.device, K: int) -> None:
+        if self._gate is None:   # before the first measurement: nothing seen, aux off
+            self._c = torch.zeros(K - 1, dtype=torch.float64, device=device)
+            self._n = torch.zeros((), dtype=torch.float64, device=device)
+            self._gate = torch.zeros(K - 1, dtype=torch.float64, device=device)
+        elif self._gate.device != device:
+            self.to(device)
 
     def _check_size(self, K: int) -> None:
         if self._gate is not None and self._gate.numel() != K - 1:
@@ -104,23 +131,20 @@ class CosineGate(Combiner):
         names = term_names(K, names, self.role)
         stats: Stats = {}
         measured = self._measures_now()
+        self._state_on(G.device, K)
         if measured:
             c_t, cos_layer, M = self._measure(G, layout)
-            if bool(torch.isfinite(M).all()):   # (cosine() would turn NaN into 0)
-                self._gate = self._gate_from(self._smooth(c_t))
-            else:
-                # A non-finite gradient must not poison the average for the rest of the run:
-                # keep the state (aux off if nothing was measured yet) and say so.
-                stats["gate/nonfinite"] = 1.0
-                if self._gate is None:
-                    self._gate = torch.zeros(K - 1, dtype=torch.float64)
-            for i, name in enumerate(names[1:]):
-                stats[f"cos_now/{name}"] = float(c_t[i])
-                if cos_layer is not None and len(layout) > 1:
-                    for (layer, _, _), v in zip(layout, cos_layer[:, i]):
-                        stats[f"cos_now/{name}/{layer}"] = float(v)
+            # (cosine() would turn a NaN into 0: check the Gram matrix itself.)
+            finite = torch.isfinite(M).all()
+            self._advance(c_t, finite)
+            stats["gate/nonfinite"] = (~finite).to(torch.float64)
+            stats.update(unstack("cos_now/", names[1:], c_t))
+            if cos_layer is not None and len(layout) > 1:
+                for l, (layer, _, _) in enumerate(layout):
+                    stats.update(unstack("cos_now/", [f"{n}/{layer}" for n in names[1:]],
+                                         cos_layer[l]))
         # The main row always enters with weight 1.
-        w = torch.cat([torch.ones(1, dtype=torch.float64), self._gate])
+        w = torch.cat([torch.ones(1, dtype=torch.float64, device=G.device), self._gate])
         if measured:
             stats.update(norm_stats(M, w, names))
         self._step += 1
@@ -131,7 +155,8 @@ class CosineGate(Combiner):
         self._check_size(num_terms)
         if self._measures_now():
             return None
-        return torch.cat([torch.ones(1, dtype=torch.float64), self._gate])
+        return torch.cat([torch.ones(1, dtype=torch.float64, device=self._gate.device),
+                          self._gate])
 
     def record_fixed(self, losses=None, names=None) -> Stats:
         if self._measures_now():
@@ -141,25 +166,25 @@ class CosineGate(Combiner):
         return self._gate_stats(term_names(K, names, self.role), measured=False)
 
     def _gate_stats(self, names, measured: bool) -> Stats:
-        if self._n == 0:
-            c_hat = torch.full((len(names) - 1,), float("nan"), dtype=torch.float64)
-        else:
-            c_hat = self._c / (1.0 - self.ema ** self._n)
-        stats = {"gate/measured": float(measured)}
-        for i, name in enumerate(names[1:]):
-            stats[f"cos/{name}"] = float(c_hat[i])
-            stats[f"gate/{name}"] = float(self._gate[i])
+        c_hat = torch.where(self._n > 0, self._debiased(self._c, self._n),
+                            torch.full_like(self._c, float("nan")))
+        stats = {"gate/measured": constant(float(measured), self._gate)}
+        stats.update(unstack("cos/", names[1:], c_hat))
+        stats.update(unstack("gate/", names[1:], self._gate.clone()))   # a copy: state moves on
         return stats
 
     def state_dict(self) -> dict:
-        return {"c": None if self._c is None else self._c.clone(), "n": self._n,
-                "step": self._step, "gate": None if self._gate is None else self._gate.clone()}
+        return {"c": to_cpu(self._c), "n": to_cpu(self._n), "step": self._step,
+                "gate": to_cpu(self._gate)}
 
     def load_state_dict(self, state: dict) -> None:
-        c, gate = state["c"], state["gate"]
+        c, n, gate = state["c"], state["n"], state["gate"]
         self._c = None if c is None else torch.as_tensor(c, dtype=torch.float64).clone()
         self._gate = None if gate is None else torch.as_tensor(gate, dtype=torch.float64).clone()
-        self._n, self._step = int(state["n"]), int(state["step"])
+        self._n = None if gate is None else torch.as_tensor(n, dtype=torch.float64).clone()
+        if self._gate is not None and self._c is None:   # a gate held before any finite measure
+            self._c = torch.zeros_like(self._gate)
+        self._step = int(state["step"])
 
     def __repr__(self) -> str:
         return (f"CosineGate(mode={self.mode!r}, per_layer={self.per_layer}, ema={self.ema}, "

@@ -90,6 +90,11 @@ class LearnerWorker:
         # The chunk's one read of the device: every update's metrics, averaged; a run of
         # non-finite steps raises here.
         out = self.algorithm.read_metrics()
+        # An algorithm whose step reads nothing back learns how many updates stepped only here:
+        # publish now if the chunk crossed a publishing point that the loop could not see.
+        if (self.algorithm.updates // self.publish_every
+                > max(self.published_version, 0) // self.publish_every):
+            self.publish()
         self.sample_timeouts += timeouts
         elapsed = self._clock() - start
         out["learner/nonfinite_total"] = float(self.algorithm.nonfinite_total)  # a counter

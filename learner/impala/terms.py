@@ -62,8 +62,13 @@ def parameter_roles(kind: str, model, aux_terms, task_names) -> tuple[list, dict
 
 
 def aux_term_values(aux_steps: dict, columns, reduction: str, aux_terms) -> dict[str, torch.Tensor]:
-    """`aux/<name>`: each term's weighted loss over `columns`."""
-    return {f"aux/{name}": aux_terms[name].weight * reduce_term(loss, mask, columns, reduction)
+    """`aux/<name>`: each term's weighted loss over `columns`: None (or `slice(None)`) for
+    all of them, or a `[B]` bool mask on the device (no index built on the host)."""
+    def reduce(loss, mask):
+        if columns is None or isinstance(columns, slice):
+            return reduce_term(loss, mask, slice(None) if columns is None else columns, reduction)
+        return reduce_term(loss, mask * columns[None, :].to(mask.dtype), slice(None), reduction)
+    return {f"aux/{name}": aux_terms[name].weight * reduce(loss, mask)
             for name, (loss, mask) in aux_steps.items()}
 
 
@@ -71,7 +76,9 @@ class AuxLosses(torch.nn.Module):
     """The aux terms' weighted losses `[n]` as one function of every parameter (actor-critic
     under `model.`, aux heads under `aux.`), for OL-AUX's forward-mode dot products
     (`combiners.apply_forward_dots`, learner.combiner.strategy: forward): the torso is re-run
-    inside the jvp so that the tangent ∇θ L_main reaches the aux losses through z."""
+    inside the jvp so that the tangent ∇θ L_main reaches the aux losses through z. The learner
+    runs it as a tangent pass only (no autograd graph): the aux losses that train come from
+    the update's own forward pass."""
 
     def __init__(self, model, aux_terms, reduction: str):
         super().__init__()

@@ -31,7 +31,7 @@ def test_each_aux_term_gets_its_own_per_layer_cosine_gate_and_norm():
     c2 = (cos(MAIN[:2], AUX2[:2]) + cos(MAIN[2:], AUX2[2:])) / 2
     assert c1 > 0 > c2
     assert stats == pytest.approx({
-        "gate/measured": 1.0,
+        "gate/measured": 1.0, "gate/nonfinite": 0.0,
         "cos_now/inverse": c1, "cos_now/reward": c2, "cos/inverse": c1, "cos/reward": c2,
         "cos_now/inverse/a": 1 / math.sqrt(2), "cos_now/inverse/b": 0.0,
         "cos_now/reward/a": -1.0, "cos_now/reward/b": 1 / math.sqrt(2),
@@ -48,7 +48,8 @@ def test_each_aux_term_gets_its_own_global_cosine_and_weight():
     c1, c2 = cos(MAIN, AUX1), cos(MAIN, AUX2)
     assert c1 != pytest.approx(c2)
     assert stats == pytest.approx({
-        "gate/measured": 1.0, "cos_now/aux1": c1, "cos_now/aux2": c2, "cos/aux1": c1,
+        "gate/measured": 1.0, "gate/nonfinite": 0.0, "cos_now/aux1": c1, "cos_now/aux2": c2,
+        "cos/aux1": c1,
         "cos/aux2": c2, "gate/aux1": c1, "gate/aux2": c2,
         "norm/main": math.sqrt(5), "norm/aux1": math.sqrt(11), "norm/aux2": math.sqrt(3),
         "norm/combined": float((MAIN + c1 * AUX1 + c2 * AUX2).norm()),
@@ -80,10 +81,10 @@ def test_a_nonfinite_first_measurement_counts_nothing_and_holds_every_aux_off():
     assert stats["gate/nonfinite"] == 1.0
     assert stats["gate/aux1"] == 0.0 and stats["gate/aux2"] == 0.0
     assert math.isnan(stats["cos/aux1"]) and math.isnan(stats["cos/aux2"])
-    assert gate.state_dict()["n"] == 0 and gate.state_dict()["c"] is None
+    assert gate.state_dict()["n"] == 0 and not gate.state_dict()["c"].any()
     # The next finite measurement is the first one: it sets the average exactly.
     _, stats = gate.combine(G, layout=LAYOUT)
-    assert "gate/nonfinite" not in stats
+    assert stats["gate/nonfinite"] == 0.0
     assert stats["cos/aux1"] == pytest.approx(stats["cos_now/aux1"])
     assert stats["gate/aux1"] == 1.0 and stats["gate/aux2"] == 0.0
 

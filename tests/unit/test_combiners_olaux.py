@@ -43,8 +43,14 @@ def test_log_losses_use_the_gradient_of_log_aux_and_leave_main_alone():
     torch.testing.assert_close(g, main + aux / 2.0)            # ∇ log L_aux = ∇L_aux / L_aux
     assert stats["dot/aux1"] == pytest.approx(2.0)             # main · aux / L_aux
     torch.testing.assert_close(ol.weights, vec(1.0 + 0.5 * 2.0))
-    with pytest.raises(ValueError, match="positive"):
-        ol.combine(torch.stack([main, aux]), vec(1.0, 0.0))
+    # An aux loss that is not positive has no log: its row is left out (its dot too), counted.
+    w_before = ol.weights
+    g, stats = ol.combine(torch.stack([main, aux]), vec(1.0, 0.0))
+    torch.testing.assert_close(g, main)
+    assert stats["olaux/nonpositive"] == 1.0 and stats["dot/aux1"] == 0.0
+    _, stats = ol.combine(torch.stack([main, aux]), vec(1.0, 4.0))
+    assert stats["olaux/nonpositive"] == 0.0
+    torch.testing.assert_close(ol.weights, w_before + 0.5 * 1.0)   # only the second dot, 4/4
     with pytest.raises(ValueError, match="loss values"):
         ol.combine(torch.stack([main, aux]))
 

@@ -116,7 +116,7 @@ def test_weights_from_dots_steps_like_combine_and_alg_1(log_losses, nonnegative)
         gram_only = {k for k in stats_G if k.startswith(("norm/", "cos/"))}
         assert set(stats_dots) == set(stats_G) - gram_only
         for key, value in stats_dots.items():
-            assert value == pytest.approx(stats_G[key], rel=1e-12, abs=1e-12), key
+            assert value == pytest.approx(float(stats_G[key]), rel=1e-12, abs=1e-12), key
     assert not torch.equal(by_dots.weights, torch.ones(3, dtype=torch.float64))   # w did move
     if nonnegative:
         assert float(by_dots.weights[1]) == 0.0       # the harmful term was switched off
@@ -130,8 +130,6 @@ def test_weights_from_dots_rejects_bad_input():
         ol.weights_from_dots(vec(1.0, 2.0), vec(1.0, 1.0))
     with pytest.raises(ValueError, match="loss values"):
         ol.weights_from_dots(vec(1.0, 2.0), None)
-    with pytest.raises(ValueError, match="positive"):
-        ol.weights_from_dots(vec(1.0, 2.0), vec(1.0, 1.0, -1.0))
     assert ol.weights is None                         # a rejected call changes no state
     ol.weights_from_dots(vec(1.0, 2.0), vec(1.0, 1.0, 1.0))
     with pytest.raises(ValueError, match="aux terms"):
@@ -218,7 +216,7 @@ def test_apply_forward_dots_writes_the_same_grads_as_apply_combined(log_losses):
         for n in want:
             torch.testing.assert_close(got[n], want[n], msg=n)
         for key, value in stats_forward.items():
-            assert value == pytest.approx(stats_explicit[key], rel=1e-9), key
+            assert value == pytest.approx(float(stats_explicit[key]), rel=1e-9), key
         torch.testing.assert_close(forward.state_dict()["weights"],
                                    explicit.state_dict()["weights"])
         optimizer.step()                              # both paths see the same new θ
@@ -275,7 +273,7 @@ def test_nonfinite_dot_leaves_w_unchanged_and_is_reported():
     # Within a horizon only the bad update is left out; the good ones still count.
     ol = OLAux(horizon=3, lr=1.0, log_losses=False, nonnegative=False)
     _, stats = ol.weights_from_dots(vec(0.5, -0.25), None)
-    assert "olaux/nonfinite" not in stats
+    assert stats["olaux/nonfinite"] == 0.0
     ol.weights_from_dots(vec(math.inf, 2.0), None)
     ol.weights_from_dots(vec(0.25, 0.5), None)
     torch.testing.assert_close(ol.weights, vec(1.75, 1.25))
@@ -294,9 +292,11 @@ def test_nonfinite_batch_through_apply_forward_dots_leaves_w_unchanged():
 def test_weights_from_dots_names_its_stats_and_its_errors():
     ol = OLAux(horizon=1, lr=1.0, log_losses=False)
     _, stats = ol.weights_from_dots(vec(0.5, -0.25), None)    # no names: main, aux1, aux2
-    assert stats == {"w/aux1": 1.0, "w/aux2": 1.0, "dot/aux1": 0.5, "dot/aux2": -0.25}
+    assert stats == {"olaux/nonfinite": 0.0, "w/aux1": 1.0, "w/aux2": 1.0, "dot/aux1": 0.5,
+                     "dot/aux2": -0.25}
     _, stats = ol.weights_from_dots(vec(0.5, -0.25), None, names=["pg", "reward", "next"])
-    assert stats == {"w/reward": 1.5, "w/next": 0.75, "dot/reward": 0.5, "dot/next": -0.25}
+    assert stats == {"olaux/nonfinite": 0.0, "w/reward": 1.5, "w/next": 0.75,
+                     "dot/reward": 0.5, "dot/next": -0.25}
     with pytest.raises(ValueError, match="got <class 'list'>"):
         ol.weights_from_dots([0.5, -0.25], None)
     with pytest.raises(ValueError, match=r"shape \[3\] \(main, then the 2 aux terms\)"):

@@ -56,7 +56,7 @@ def reference_step(model, combiner, batch, lcfg):
     if w is None:
         g, stats = combiner.combine(G, L, Layout.from_parameters(named_shared), names=names)
     else:
-        g, stats = w.to(G.dtype) @ G, combiner.record_fixed(L, names)
+        g, stats = torch.as_tensor(w).to(G.dtype) @ G, combiner.record_fixed(L, names)
     return g, head_grads, stats
 
 
@@ -89,6 +89,7 @@ def test_shared_gradient_is_the_combiner_applied_to_independent_task_gradients(
             torch.testing.assert_close(got_head, head_grads[k], rtol=2e-4, atol=1e-6,
                                        msg=f"head {k}, update {step}")
         for key, value in stats.items():
+            value = float(value)
             assert metrics[f"combiner/{key}"] == pytest.approx(value, rel=1e-3, abs=1e-6), key
             seen.setdefault(key, []).append(value)
     # The cases are built so that each combiner does more than a plain sum here.
