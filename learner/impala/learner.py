@@ -49,12 +49,14 @@ class ImpalaLearner:
             self.parameters(), lr=self.lcfg.lr, alpha=self.lcfg.rmsprop_alpha,
             eps=self.lcfg.rmsprop_eps, momentum=self.lcfg.rmsprop_momentum,
             foreach=True if cuda else None, capturable=cuda)
-        self.updates = 0         # stepped updates, as of the last read
+        # Steps taken, less the skipped ones known at the last read: it moves with every step,
+        # so weights are published and versioned every k steps inside a chunk; a skip found at
+        # the read takes its step back.
+        self.updates = 0
         self.frames = 0          # environment frames consumed (agent steps x frameskip)
         self.nonfinite = DeviceNonFiniteGuard(self.lcfg.max_nonfinite_run, self.device,
                                               NONFINITE_PARTS)
         self.metrics = DeviceMetrics(self.device)
-        self._steps_since_read = 0
         self._pin = cuda
         self._task_range = torch.arange(self.num_tasks, device=self.device)
         # Several tasks, aux terms or a non-sum combiner: named loss terms whose gradients are
@@ -180,7 +182,7 @@ class ImpalaLearner:
         # A finite loss can still overflow in backward: stepping would poison every weight.
         ok = torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)
         self._step_where(ok)
-        self._steps_since_read += 1
+        self.updates += 1
         self.nonfinite.observe(ok, self._failed_part(loss.detach(), grad_norm))
         metrics.update({"loss/total": loss.detach(), "learner/grad_norm": grad_norm,
                         "learner/lr": torch.full((), self.optimizer.param_groups[0]["lr"],
@@ -193,12 +195,11 @@ class ImpalaLearner:
         """The means of what the steps since the last read reported (the chunk's one read);
         syncs `updates` and the non-finite counters, and raises `NonFiniteLossError` after a
         run of `max_nonfinite_run` skipped steps."""
-        steps, self._steps_since_read = self._steps_since_read, 0
         skipped_before = self.nonfinite.total
         try:
             self.nonfinite.read()
         finally:
-            self.updates += steps - (self.nonfinite.total - skipped_before)
+            self.updates -= self.nonfinite.total - skipped_before
         out = self.metrics.read()
         out["learner/nonfinite_total"] = float(self.nonfinite_total)
         return out
@@ -327,5 +328,4 @@ class ImpalaLearner:
         counters = state["counters"]
         self.updates, self.frames = int(counters["updates"]), int(counters["frames"])
         self.nonfinite.load(counters["nonfinite_total"], counters["nonfinite_run"])
-        self._steps_since_read = 0
         set_rng_state(state["rng"])
