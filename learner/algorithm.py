@@ -61,26 +61,6 @@ class BatchSource(Protocol):
     def receive(self, reply: Any) -> dict | None: ...
 
 
-class NonFiniteGuard:
-    """Counts skipped updates; a run of `max_run` of them in a row means the run diverged."""
-
-    def __init__(self, max_run: int):
-        self.max_run = max_run
-        self.total = 0
-        self.run = 0
-
-    def ok(self) -> None:
-        self.run = 0
-
-    def skip(self, what: str) -> None:
-        self.total += 1
-        self.run += 1
-        if self.run >= self.max_run:
-            raise NonFiniteLossError(
-                f"{self.run} consecutive non-finite updates (last: {what}); "
-                f"stopping. Lower learner.lr or check the rewards.")
-
-
 def rng_state() -> dict:
     """torch, CUDA, NumPy and Python RNG states as tensors and plain values (loadable with
     `weights_only=True`), including the cached Gaussian draw of NumPy's and Python's RNG."""

@@ -91,7 +91,7 @@ class DeviceMetrics:
 
 
 class DeviceNonFiniteGuard:
-    """`NonFiniteGuard` decided on the device: `observe(ok)` counts a skipped update (and the run
+    """Counts skipped updates on the device: `observe(ok)` counts a skipped update (and the run
     of them in a row) without a host read; `read()` syncs the counts and raises
     `NonFiniteLossError` when a run reached `max_run` since the last read."""
 

@@ -12,7 +12,7 @@ import torch
 
 from accord.config import config_from_dict
 from envs import EnvSpec
-from learner.algorithm import NonFiniteGuard, NonFiniteLossError, rng_state, set_rng_state
+from learner.algorithm import rng_state, set_rng_state
 from learner.registry import build_algorithm, build_source, policy_weights
 from learner.impala.learner import ImpalaLearner
 from learner.impala.source import UnrollSource
@@ -58,19 +58,6 @@ def test_actors_run_the_policy_network_of_a_checkpoint():
     state = {"actor": {"w": 1}, "model": {"w": 2}}
     assert policy_weights(_cfg("sac"), state) == {"w": 1}
     assert policy_weights(_cfg("impala"), state) == {"w": 2}
-
-
-def test_the_guard_stops_at_a_run_of_max_run_skips_and_a_good_update_resets_it():
-    guard = NonFiniteGuard(3)
-    guard.skip("a")
-    guard.skip("b")
-    guard.ok()
-    assert (guard.run, guard.total) == (0, 2)
-    guard.skip("c")
-    guard.skip("d")
-    with pytest.raises(NonFiniteLossError, match=r"^3 consecutive non-finite updates \(last: e\)"):
-        guard.skip("e")
-    assert (guard.run, guard.total) == (3, 5)
 
 
 def _draws():
