@@ -27,26 +27,33 @@ class DeviceMetrics:
         self.device = torch.device(device)
         self.names: list[str] = []
         self._index: dict[str, int] = {}
+        self._column_index: dict[tuple[str, ...], torch.Tensor] = {}
         self._sums = torch.zeros(0, dtype=torch.float64, device=self.device)
         self._counts = torch.zeros(0, dtype=torch.float64, device=self.device)
 
-    def _columns(self, names: Sequence[str]) -> torch.Tensor:
-        new = [n for n in names if n not in self._index]
-        if new:   # grows only while an update first meets a name (before any graph capture)
+    def _columns(self, names: tuple[str, ...]) -> torch.Tensor:
+        """The column index of a key list, built once per list: no host-to-device copy per
+        update. New names grow the buffers (only while an update first meets them, before any
+        graph capture)."""
+        if names not in self._column_index:
+            new = [n for n in names if n not in self._index]
             for n in new:
                 self._index[n] = len(self.names)
                 self.names.append(n)
-            pad = torch.zeros(len(new), dtype=torch.float64, device=self.device)
-            self._sums = torch.cat([self._sums, pad])
-            self._counts = torch.cat([self._counts, pad])
-        return torch.tensor([self._index[n] for n in names], device=self.device)
+            if new:
+                pad = torch.zeros(len(new), dtype=torch.float64, device=self.device)
+                self._sums = torch.cat([self._sums, pad])
+                self._counts = torch.cat([self._counts, pad])
+            self._column_index[names] = torch.tensor([self._index[n] for n in names],
+                                                     device=self.device)
+        return self._column_index[names]
 
     def record(self, values: Mapping[str, torch.Tensor], ok: torch.Tensor | None = None) -> None:
         """Add one update's values (0-dim tensors) where `ok` (a 0-dim bool) is true."""
         if not values:
             return
         names = list(values)
-        cols = self._columns_cached(names)
+        cols = self._columns(tuple(names))
         v = torch.stack([self._scalar(values[n]) for n in names])
         if ok is None:
             self._sums.index_add_(0, cols, v)
@@ -62,14 +69,6 @@ class DeviceMetrics:
             return value.detach().reshape(()).to(torch.float64)
         # A Python number was read on the host already; it costs a copy to the device.
         return torch.as_tensor(float(value), dtype=torch.float64, device=self.device)
-
-    def _columns_cached(self, names: list[str]) -> torch.Tensor:
-        # The column index of a given key list is built once: no host-to-device copy per update.
-        key = tuple(names)
-        cache = self.__dict__.setdefault("_col_cache", {})
-        if key not in cache or any(n not in self._index for n in names):
-            cache[key] = self._columns(names)
-        return cache[key]
 
     def snapshot(self) -> dict[str, torch.Tensor]:
         return {"sums": self._sums, "counts": self._counts}
