@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from combiners import Sum, apply_combined, apply_task_split, make_combiner, task_split_losses
+from combiners import apply_task_split, make_combiner, task_split_losses
 from learner.algorithm import rng_state, set_rng_state
 from learner.device_metrics import DeviceMetrics, DeviceNonFiniteGuard
 from learner.sac.loss import actor_loss, alpha_loss, critic_loss
@@ -59,46 +59,31 @@ class _TaskSplit:
     task network exactly its own task's gradient.
     """
 
-    def __init__(self, model: nn.Module, task_names: list[str], combiner):
+    def __init__(self, model: nn.Module, task_names: list[str]):
         names = {id(p): n for n, p in model.named_parameters()}
         self.model = model
-        # Σ_k J_k exactly (the MT-SAC baseline): its gradient is one plain backward, and every
-        # head's gradient is its own task's, with no weight to apply or read.
-        self.plain_sum = isinstance(combiner, Sum) and (
-            combiner.weights is None or all(w == 1.0 for w in combiner.weights))
         self.task_names = task_names
         self.shared = [names[id(p)] for p in model.shared_parameters()]
-        self.shared_params = [(n, p) for n, p in model.named_parameters() if n in set(self.shared)]
         heads = model.task_parameters()
         self.head_params = heads
         self.heads = {t: [names[id(p)] for p in heads[k]] for k, t in enumerate(task_names)} \
             if heads else None
-        self.heads_by_task = {t: heads[k] for k, t in enumerate(task_names)} if heads else None
         shared_size = sum(p.numel() for p in model.shared_parameters())
         head_size = sum(p.numel() for ps in heads for p in ps)
         self.heads_in_pass = head_size <= shared_size
 
     def apply(self, combiner, loss_fn, batches, task_ids) -> tuple[dict, dict]:
         """Write every `.grad` of the model; return the combiner's stats and the stacked aux.
-        `batches` are task-major; `task_ids` is `[K]`."""
-        K = len(self.task_names)
-        if self.plain_sum or combiner.fixed_weights(K) is not None:
-            # One batched forward gives all K task losses; one backward of Σ_k w_k J_k.
-            L, aux = loss_fn(self.model, *batches[:1], task_ids, *batches[1:])
-            aux = {k: v.detach() for k, v in aux.items()}
-            if self.plain_sum:
-                params = list(self.model.parameters())
-                for p, g in zip(params, torch.autograd.grad(L.sum(), params)):
-                    p.grad = g
-                return {}, aux
-            stats = apply_combined(combiner, dict(zip(self.task_names, L.unbind())),
-                                   self.shared_params, self.heads_by_task)
-            return stats, aux
-        separate = self.heads is not None and not self.heads_in_pass
+        `batches` are task-major; `task_ids` is `[K]`. `loss_fn` serves both ways: on the
+        whole batch (task ids `[K]`, one batched forward when the weights are fixed) and inside
+        the vmapped pass (one task's rows and a 0-dim id)."""
         per_task = (*batches[:1], task_ids, *batches[1:])
+        fixed = combiner.fixed_weights(len(self.task_names)) is not None
+        separate = not fixed and self.heads is not None and not self.heads_in_pass
         stats, aux = apply_task_split(
             combiner, self.model, loss_fn, per_task, self.shared,
-            None if separate else self.heads, names=self.task_names, has_aux=True)
+            None if separate else self.heads, names=self.task_names, has_aux=True,
+            batched_loss_fn=loss_fn)
         if separate:
             L, _ = task_split_losses(self.model, loss_fn, per_task, has_aux=True)
             params = [p for ps in self.head_params for p in ps]
@@ -156,8 +141,8 @@ class SacLearner:
         # PCGrad treats the critic and the actor separately (paper 003, §4; paper 004, §4.3).
         self.critic_combiner = make_combiner(ccfg.name, **ccfg.options)
         self.actor_combiner = make_combiner(ccfg.name, **ccfg.options)
-        self._critic_split = _TaskSplit(self.critic, self.tasks, self.critic_combiner)
-        self._actor_split = _TaskSplit(self.actor, self.tasks, self.actor_combiner)
+        self._critic_split = _TaskSplit(self.critic, self.tasks)
+        self._actor_split = _TaskSplit(self.actor, self.tasks)
         self._task_ids = torch.arange(K, device=self.device)
         self._target_params = list(self.critic_target.parameters())
         self._online_params = list(self.critic.parameters())
