@@ -4,35 +4,28 @@ that closes its first connections unanswered and answers the rest (+PONG to PING
 anything else)."""
 from __future__ import annotations
 
-import socket
 import threading
 
 import pytest
 import redis
 
 from replay.redis_table import redis_client
+from tests.support.loopback_server import LoopbackServer
 
 
-class FlakyRespServer:
+class FlakyRespServer(LoopbackServer):
     """Closes the first `drops` connections at once; then parses RESP arrays and answers."""
 
     def __init__(self, drops: int):
         self.drops, self.connections, self.commands = drops, 0, []
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
 
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            if self.connections <= self.drops:
-                conn.close()
-                continue
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+    def connected(self, conn):
+        self.connections += 1
+        if self.connections <= self.drops:
+            conn.close()
+            return
+        threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
 
     def _answer(self, conn):
         buffer = b""
@@ -46,9 +39,6 @@ class FlakyRespServer:
                     command, buffer = parsed
                     self.commands.append(command)
                     conn.sendall(b"+PONG\r\n" if command[0].upper() == b"PING" else b"+OK\r\n")
-
-    def close(self):
-        self.sock.close()
 
 
 def _parse_command(buffer: bytes):

@@ -13,6 +13,7 @@ from accord import replay_store as store_module
 from accord.config import load_config
 from accord.errors import UserError
 from accord.replay_store import ReplayStore, check_reachable, open_replay_store
+from tests.support.loopback_server import LoopbackServer
 
 SAC = ["env.kind=gym", "env.tasks=[Pendulum-v1]", "learner.algorithm=sac"]
 
@@ -62,30 +63,21 @@ def test_a_given_url_gets_the_password_of_its_variable_and_is_checked(tmp_path, 
     assert checked == [("redis://:s3cret@db.internal:6380/2", "MY_REDIS_PW")]
 
 
-class OneReplyServer:
+class OneReplyServer(LoopbackServer):
     """Answers every RESP command on 127.0.0.1 with the same reply."""
 
     def __init__(self, reply: bytes):
         self.reply = reply
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"redis://127.0.0.1:{self.sock.getsockname()[1]}/0"
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
 
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+    def connected(self, conn):
+        threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
 
     def _answer(self, conn):
         with conn:
             while data := conn.recv(65536):
                 conn.sendall(self.reply * data.count(b"*"))  # one reply per command sent
-
-    def close(self):
-        self.sock.close()
 
 
 def test_a_redis_that_answers_passes_the_check():
