@@ -55,8 +55,11 @@ def with_password(url: str, password: str | None) -> str:
         return _unsplit(parts._replace(query=urlencode(query)))
     if parts.password:
         return url
-    user = quote(parts.username, safe="") if parts.username else ""
-    netloc = f"{user}:{quote(password, safe='')}@{parts.netloc.rpartition('@')[2]}"
+    # The user part stays as the URL wrote it (already escaped: quoting it again would turn
+    # a %40 into %2540); only the password is escaped here.
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    netloc = f"{user}:{quote(password, safe='')}@{host}"
     return urlunsplit(parts._replace(netloc=netloc))
 
 

@@ -16,8 +16,13 @@ def test_the_password_joins_a_url_that_has_none_and_never_replaces_one():
     assert redis.connection.parse_url(unix) == {"path": "/run/redis.sock", "db": 1, "password": "p w/",
                                                 "connection_class": redis.UnixDomainSocketConnection}
     assert with_password("unix:///run/redis.sock?password=mine", "pw") == "unix:///run/redis.sock?password=mine"
-    # Characters that would end the user or the host part are escaped.
+    # Characters that would end the user or the host part are escaped; a user part is kept as
+    # written (escaped already), and an empty password in the URL counts as none.
     assert with_password("redis://h:6380/0", "a/b@c:d") == "redis://:a%2Fb%40c%3Ad@h:6380/0"
+    assert with_password("redis://us%40er@h:6380/0", "pw") == "redis://us%40er:pw@h:6380/0"
+    assert with_password("redis://user:@h:6380/0", "pw") == "redis://user:pw@h:6380/0"
+    # A unix socket's URL with a user part keeps its two slashes.
+    assert with_password("unix://user@/run/redis.sock", "pw") == "unix://user@/run/redis.sock?password=pw"
 
 
 def test_messages_show_the_url_without_its_password():

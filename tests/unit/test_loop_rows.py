@@ -1,0 +1,185 @@
+"""What TrainingLoop reports while it runs (no Ray): each metric row's counters and rates, the
+console's progress line, the status file between checkpoints, where checkpoints are written, a
+resumed run's newest checkpoint, and evaluations that finish at once."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from accord import loop as loop_module
+from accord.loop import EXIT_FAILED, EXIT_OK, TrainingLoop
+from accord.metrics import EpisodeTracker
+from tests.unit.test_loop_stops import (CHUNK_SECONDS, Clock, Console, EvaluatingRoles, FakeRoles,
+                                        Sink, Stop, make_cfg, run_loop)
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(loop_module.time, "monotonic", clock)
+    return clock
+
+
+class ProgressConsole(Console):
+    """Keeps what the progress bar is given: its start and every (completed, summary)."""
+
+    def __init__(self):
+        super().__init__()
+        self.started, self.updates = None, []
+
+    def start(self, total, completed):
+        self.started = (total, completed)
+
+    def update(self, completed, summary):
+        self.updates.append((completed, summary))
+
+
+class SinkWithSteps(Sink):
+    def __init__(self):
+        super().__init__()
+        self.steps = []
+
+    def write(self, step, row):
+        self.steps.append(step)
+        super().write(step, row)
+
+
+def run_with(tmp_path, cfg, roles, console=None, sink=None):
+    console, sink = console or ProgressConsole(), sink or SinkWithSteps()
+    loop = TrainingLoop(cfg, tmp_path, roles, sink, EpisodeTracker(list(cfg.env.tasks), window=5),
+                        console, Stop())
+    return loop.run(), console, sink
+
+
+def test_each_row_counts_frames_and_updates_and_their_rates_over_the_interval(tmp_path, clock):
+    roles = FakeRoles(clock, updates_per_chunk=3)  # 3 updates and 300 frames per 1 s chunk
+    result, _, sink = run_with(tmp_path, make_cfg(log_every=2.0, total_frames=100 * 12), roles)
+    assert result.exit_code == EXIT_OK
+    assert [(row["frames"], row["updates"]) for row in sink.rows] == [(600, 6), (1200, 12)]
+    assert sink.steps == [600, 1200]  # the sink's step is the frame count
+    first = sink.rows[0]
+    assert first["fps"] == pytest.approx(600 / (2 * CHUNK_SECONDS))
+    assert first["updates_per_s"] == pytest.approx(6 / (2 * CHUNK_SECONDS))
+    assert first["run/status_write_failures"] == 0.0
+
+
+def test_the_progress_line_has_the_rates_the_queue_fill_and_the_lag(tmp_path, clock):
+    class Roles(FakeRoles):
+        def train(self, max_updates, max_seconds):
+            out = super().train(max_updates, max_seconds)
+            out["metrics"] = {"learner/lag_mean": 2.5}
+            return out
+
+    console = ProgressConsole()
+    run_with(tmp_path, make_cfg(log_every=2.0, total_frames=100 * 8), Roles(clock), console=console)
+    assert console.started == (800, 0)
+    completed, summary = console.updates[0]
+    assert completed == 400
+    assert summary == "200 fps | 2.0 upd/s | queue 0/8 | lag 2.5 | return CartPole-v1 -"
+
+
+def test_the_progress_line_of_a_replay_shows_its_size_and_no_lag_before_one_is_measured(tmp_path, clock):
+    class Roles(FakeRoles):
+        def service_stats(self):
+            return {"replay/size": 12345.0}
+
+    console = ProgressConsole()
+    run_with(tmp_path, make_cfg(log_every=2.0, total_frames=100 * 4), Roles(clock), console=console)
+    assert console.updates[0][1] == "200 fps | 2.0 upd/s | replay 12,345 | lag 0.0 | return CartPole-v1 -"
+
+
+def test_a_replay_without_a_size_yet_shows_zero(tmp_path, clock):
+    class Roles(FakeRoles):
+        def service_stats(self):
+            return {}
+
+    console = ProgressConsole()
+    run_with(tmp_path, make_cfg(log_every=2.0, total_frames=100 * 4), Roles(clock), console=console)
+    assert " | replay 0 | " in console.updates[0][1]
+
+
+def test_a_resumed_run_starts_at_its_counters_and_keeps_its_newest_checkpoint_if_no_new_one_is_written(
+        tmp_path, clock):
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    for step in (4, 8):
+        (checkpoints / f"ckpt_{step:09d}.pt").write_bytes(b"")
+
+    class Roles(FakeRoles):
+        def __init__(self, clock):
+            super().__init__(clock, save_fails=lambda updates: True)
+            self.updates = 8  # where the resumed learner stands
+
+    console = ProgressConsole()
+    result, console, _ = run_with(tmp_path, make_cfg(total_frames=100 * 12), Roles(clock), console=console)
+    assert console.started == (1200, 800)
+    # Every write in this run failed: the newest checkpoint is still the resumed one.
+    assert result.exit_code == EXIT_FAILED
+    assert result.checkpoint == str(checkpoints / "ckpt_000000008.pt")
+    assert json.loads((tmp_path / "status.json").read_text())["checkpoint"] == result.checkpoint
+
+
+def test_checkpoints_go_to_the_run_directory_keeping_the_configured_number(tmp_path, clock):
+    class Roles(FakeRoles):
+        def save(self, run_dir, keep):
+            self.saved_to = (run_dir, keep)
+            return super().save(run_dir, keep)
+
+    roles = Roles(clock)
+    run_with(tmp_path, make_cfg(keep_checkpoints=7, total_frames=100 * 4), roles)
+    assert roles.saved_to == (str(tmp_path), 7)
+
+
+def test_between_checkpoints_the_status_file_says_training(tmp_path, clock):
+    class Roles(FakeRoles):
+        seen = None
+
+        def train(self, max_updates, max_seconds):
+            if self.saves and self.seen is None:  # the first chunk after the first checkpoint
+                self.seen = json.loads((tmp_path / "status.json").read_text())
+            return super().train(max_updates, max_seconds)
+
+    roles = Roles(clock)
+    run_with(tmp_path, make_cfg(checkpoint_every=4, total_frames=100 * 12), roles)
+    assert roles.seen["state"] == "running" and roles.seen["reason"] == "training"
+    assert roles.seen["updates"] == 4
+
+
+def test_the_counters_after_a_learner_restart_are_only_the_counters(tmp_path, clock):
+    class Roles(FakeRoles):
+        def restarted_learner(self):
+            return {"checkpoint": "ckpt_000000004.pt", "corrupt_skipped": 1, "updates": 4, "frames": 400}
+
+    loop = TrainingLoop(make_cfg(), tmp_path, Roles(clock), Sink(), EpisodeTracker(["CartPole-v1"]),
+                        Console(), Stop())
+    loop.checkpoints = loop_module.CheckpointSchedule(loop.cfg.run, loop._save, print, 0, clock())
+    counters = loop._learner_restarted(loop_module.LearnerLost("died"), {"updates": 6, "frames": 600})
+    assert counters == {"updates": 4, "frames": 400}
+
+
+class PromptEvaluatingRoles(EvaluatingRoles):
+    """Evaluations that have finished by the first poll."""
+
+    def evaluation_result(self, pending, timeout):
+        self.timeouts.append(timeout)
+        return {"eval/success_mean": float(pending["id"])}
+
+
+def test_an_evaluation_that_finishes_at_once_is_followed_by_the_next_only_eval_every_updates_later(
+        tmp_path, clock):
+    roles = PromptEvaluatingRoles(clock, updates_per_chunk=2)
+    run_with(tmp_path, make_cfg(eval_every=4, total_frames=100 * 12), roles)
+    assert roles.started == [4, 8, 12]  # the one of update 12 is the end's, collected at the end
+
+
+def test_a_run_stopped_before_its_first_chunk_still_logs_its_final_evaluation(tmp_path, clock):
+    stop = Stop()
+    stop.signal_name = "SIGINT"
+    roles = PromptEvaluatingRoles(clock)
+    sink = SinkWithSteps()
+    loop = TrainingLoop(make_cfg(eval_every=4), tmp_path, roles, sink,
+                        EpisodeTracker(["CartPole-v1"], window=5), ProgressConsole(), stop)
+    result = loop.run()
+    assert result.reason == "interrupted by SIGINT" and roles.chunks == 0
+    assert [row["eval/success_mean"] for row in sink.rows] == [1.0]
