@@ -116,14 +116,17 @@ def test_a_killed_inference_server_is_restarted_and_counted_and_the_run_ends_on_
     try:
         server = _wait_for(lambda: _named_actor("accord:inference-kill", ":inference"), "inference server")
         _wait_for(lambda: (s := _stats_or_none(server)) and s["batches"] >= 1, "a first batch")
+        rollout = _named_actor("accord:inference-kill", ":rollout:0")
         ray.kill(server, no_restart=False)  # Ray restarts it (actors.inference_max_restarts: 3)
+        # The rollout actors act through the server: they fetch no weights themselves (asked
+        # while they wait for the restarted server, long before the run can end).
+        assert ray.get(rollout.stats.remote(), timeout=60)["weight_fetches"] == 0
         output, _ = driver.communicate(timeout=300)
     finally:
         if driver.poll() is None:
             driver.kill()
     assert driver.returncode == 0, output
     assert "finished:" in output, output
-    print(output)
     (run_dir,) = tmp_path.iterdir()
     rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
     last = rows[-1]

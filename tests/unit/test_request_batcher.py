@@ -44,6 +44,20 @@ def test_concurrent_requests_of_every_client_run_as_one_batch_and_get_their_own_
     assert batcher.stats() == {"batches": 1, "requests": 3, "largest_batch": 3}
 
 
+def test_a_batch_waits_for_a_client_that_asks_later():
+    async def main():
+        run = Recorder()
+        batcher = RequestBatcher(run, clients=2, max_wait=LONG)
+        early = asyncio.ensure_future(batcher.submit("a"))
+        for _ in range(20):  # the flusher gets the loop many times before "b" asks
+            await asyncio.sleep(0)
+        assert run.batches == []
+        return run, await asyncio.gather(early, batcher.submit("b"))
+
+    run, replies = _run(main())
+    assert run.batches == [["a", "b"]] and replies == ["reply to a", "reply to b"]
+
+
 def test_a_batch_goes_without_a_silent_client_after_max_wait():
     async def main():
         run = Recorder()
