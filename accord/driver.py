@@ -28,7 +28,7 @@ from accord.metrics import EpisodeTracker, MetricsSink
 from accord.replay_store import open_replay_store
 from accord.run_status import describe_status, driver_facts, read_status, write_status
 from actors.evaluator import EvaluatorActor
-from actors.inference_server import start_inference_servers
+from actors.inference_server import server_of, start_inference_servers
 from actors.remote import RolloutActor
 from actors.rollout import env_options
 from envs import EnvSpec, describe
@@ -299,7 +299,7 @@ def start_topology(cfg: ExperimentConfig, run_id: str, checkpoint: str | None = 
         RolloutActor.options(name=actor_name(run_id, "rollout", i),
                              max_restarts=cfg.actors.max_restarts, max_task_retries=0).remote(
             cfg, i, spec, service_names, weights_name,
-            inference_names[i % len(inference_names)] if inference_names else None)
+            inference_names[server_of(i, len(inference_names))] if inference_names else None)
         for i in range(cfg.actors.num_actors)]
     evaluator = (EvaluatorActor.options(name=actor_name(run_id, "evaluator")).remote(
         cfg, spec, weights_name) if cfg.run.eval_every else None)

@@ -90,13 +90,22 @@ class InferenceActor:
                 **self.batcher.stats()}
 
 
+def server_of(actor_index: int, num_servers: int) -> int:
+    """Round robin: the server that acts for rollout actor `actor_index`."""
+    return actor_index % num_servers
+
+
+def clients_of(server: int, num_actors: int, num_servers: int) -> int:
+    """How many rollout actors `server` acts for: a full batch holds a step of each."""
+    return sum(server_of(i, num_servers) == server for i in range(num_actors))
+
+
 def start_inference_servers(cfg, spec, names: list[str], weight_store_name: str, device: str,
                             num_gpus: float) -> list:
-    """One server per name; rollout actor i is served by server i mod len(names)."""
-    n = len(names)
+    """One server per name, each for the rollout actors `server_of` gives it."""
     servers = []
     for s, name in enumerate(names):
-        clients = len(range(s, cfg.actors.num_actors, n))
+        clients = clients_of(s, cfg.actors.num_actors, len(names))
         servers.append(InferenceActor.options(
             name=name, num_gpus=num_gpus, max_restarts=cfg.actors.inference_max_restarts,
             max_task_retries=-1, max_concurrency=clients + 16,

@@ -100,3 +100,4 @@ def test_a_failed_batch_fails_its_callers_and_the_next_batch_runs():
 def test_a_batcher_needs_a_client():
     with pytest.raises(ValueError, match="clients"):
         RequestBatcher(Recorder(), clients=0, max_wait=0.0)
+
