@@ -106,9 +106,20 @@ class Drain:
         return frames
 
 
+def wait_for_first_unroll(queue, timeout: float = 600.0) -> None:
+    """Actors (and inference servers) start their processes after `start_topology` returns; on a
+    busy machine that takes longer than the warm-up, which would then measure start-up."""
+    deadline = time.monotonic() + timeout
+    while ray.get(queue.stats.remote())["queue/inserted"] < 1:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no actor produced an unroll within {timeout:.0f} s")
+        time.sleep(0.2)
+
+
 def fleet_fps(cfg, seconds: float, use_learner: bool) -> dict:
     topo = start_topology(cfg, f"bench-{time.time_ns()}")
     try:
+        wait_for_first_unroll(topo.queue)
         if use_learner:
             ray.get(topo.learner.train.remote(10**9, warmup_seconds(seconds)))
             before = ray.get(topo.learner.counters.remote())["frames"]
