@@ -52,6 +52,23 @@ class ActorConfig(_Section):
         1, ge=1, description="IMPALA: unrolls an actor sends per queue insert (fewer calls; weights refresh between inserts).")
     compact_frames: bool = Field(
         True, description="Unrolls of stacked image frames (Atari) carry each frame once; the learner restacks them.")
+    inference: Literal["local", "server"] = Field(
+        "local", description="Where IMPALA's rollout actors run the policy. local: each on its own CPU "
+                             "copy (best on CPU-only clusters); server: inference actors batch the "
+                             "steps of many rollout actors into one forward, on a GPU share where there "
+                             "is one, and the rollout actors only step their envs (SEED RL, Sample Factory).")
+    inference_device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="inference: server: auto is CUDA when the cluster (or this machine) has a "
+                            "GPU; with none, server needs cpu set explicitly (a CPU server is rarely "
+                            "faster than local inference).")
+    inference_servers: int = Field(1, ge=1, description="inference: server: inference actors; rollout actor i is served by server i mod this.")
+    inference_max_wait_ms: float = Field(
+        5.0, ge=0, description="inference: server: how long a server's first waiting step waits for the "
+                               "steps of its other rollout actors; a batch runs at once when all have asked.")
+    inference_gpu_fraction: float = Field(
+        0.25, gt=0, le=1, description="inference: server on CUDA: the GPU share each inference actor "
+                                      "reserves; on a one-GPU cluster the learner takes the rest.")
+    inference_max_restarts: int = Field(3, ge=0, description="Times Ray restarts a dead inference actor.")
 
 
 class GrpcIngestConfig(_Section):
@@ -374,6 +391,7 @@ class ExperimentConfig(_Section):
         if self.actors.num_actors == 0 and self.replay.grpc.port is None:
             raise ValueError("actors.num_actors: 0 rollout actors leave the run without experience "
                              "unless producers feed it over gRPC (set replay.grpc.port, SAC)")
+        self._check_inference()
         if sac:
             self._check_replay()
         else:
@@ -411,6 +429,21 @@ class ExperimentConfig(_Section):
         if len(set(self.env.tasks)) != len(self.env.tasks):
             raise ValueError(f"env.tasks: duplicate entries in {self.env.tasks}")
         return self
+
+    def _check_inference(self) -> None:
+        actors = self.actors
+        if actors.inference == "local":
+            if actors.inference_device == "cuda":
+                raise ValueError("actors.inference_device: cuda is for actors.inference: server; local "
+                                 "inference runs on each rollout actor's CPU")
+            return
+        if self.learner.algorithm != "impala":
+            raise ValueError(f"actors.inference: server batches IMPALA's policy; "
+                             f"{self.learner.algorithm} actors act with local inference")
+        # A server without rollout actors to serve would wait for steps that never come.
+        if actors.inference_servers > actors.num_actors:
+            raise ValueError(f"actors.inference_servers: {actors.inference_servers} servers for "
+                             f"{actors.num_actors} rollout actors would leave some idle")
 
     def _check_aux(self) -> None:
         if not self.learner.aux:
@@ -578,6 +611,44 @@ def check_resources(cfg: ExperimentConfig, resources: dict[str, float],
         raise ConfigError(f"learner.device: 'cuda' but {where} has no GPU resource ("
                           f"{resources.get('CPU', 0):g} CPUs, 0 GPUs); use auto (CUDA when there "
                           f"is a GPU) or cpu")
+    if cfg.actors.inference == "server" and cfg.actors.inference_device != "cpu":
+        if resources.get("GPU", 0) <= 0:
+            raise ConfigError(
+                f"actors.inference_device: {cfg.actors.inference_device!r} serves the policy on a GPU "
+                f"but {where} has none ({resources.get('CPU', 0):g} CPUs, 0 GPUs); set "
+                f"actors.inference_device: cpu to serve it on a CPU, or use actors.inference: local")
+        gpu_shares(cfg, resources)  # raises where the learner and the servers do not fit
+
+
+def inference_device(cfg: ExperimentConfig, resources: dict[str, float]) -> str:
+    """The device of `actors.inference: server`: cuda or cpu (auto: cuda where there is a GPU)."""
+    if cfg.actors.inference_device == "auto":
+        return "cuda" if resources.get("GPU", 0) > 0 else "cpu"
+    return cfg.actors.inference_device
+
+
+def gpu_shares(cfg: ExperimentConfig, resources: dict[str, float]) -> tuple[float, float]:
+    """(learner's GPUs, each inference server's GPUs) as Ray resources. The learner takes a whole
+    GPU where one is left beside the servers' shares, else what the servers leave of the one
+    GPU, so that neither waits forever for a GPU slot that never frees."""
+    gpus = resources.get("GPU", 0)
+    learner = 1.0 if gpus >= 1 and cfg.learner.device != "cpu" else 0.0
+    serving = cfg.actors.inference == "server" and inference_device(cfg, resources) == "cuda"
+    if not serving:
+        return learner, 0.0
+    share = cfg.actors.inference_gpu_fraction
+    needed = share * cfg.actors.inference_servers
+    if learner and gpus < 1 + needed:
+        learner = round(1.0 - needed, 6)
+        if learner <= 0:
+            raise ConfigError(
+                f"actors.inference_gpu_fraction: {cfg.actors.inference_servers} inference servers x "
+                f"{share:g} leave the learner no share of the cluster's {gpus:g} GPU(s); lower it or "
+                f"actors.inference_servers")
+    elif not learner and gpus < needed:
+        raise ConfigError(f"actors.inference_gpu_fraction: {cfg.actors.inference_servers} inference "
+                          f"servers x {share:g} need more than the cluster's {gpus:g} GPU(s)")
+    return learner, share
 
 
 def to_yaml(cfg: ExperimentConfig) -> str:

@@ -15,12 +15,12 @@ import signal
 import subprocess
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import ray
 
-from accord.config import ExperimentConfig, check_resources, to_yaml
+from accord.config import ExperimentConfig, check_resources, gpu_shares, inference_device, to_yaml
 from accord.errors import UserError
 from accord.console import Console
 from accord.loop import STOP_SIGNALS, RayRoles, RunResult, TrainingLoop
@@ -28,6 +28,7 @@ from accord.metrics import EpisodeTracker, MetricsSink
 from accord.replay_store import open_replay_store
 from accord.run_status import describe_status, driver_facts, read_status, write_status
 from actors.evaluator import EvaluatorActor
+from actors.inference_server import server_of, start_inference_servers
 from actors.remote import RolloutActor
 from actors.rollout import env_options
 from envs import EnvSpec, describe
@@ -229,13 +230,14 @@ def _record_abort(run_dir: Path, state: str, reason: str) -> None:
 @dataclass
 class Topology:
     """The running roles of one run: the queue or replay service (its shards), weight store,
-    learner, rollout actors."""
+    learner, rollout actors, and the inference servers of `actors.inference: server`."""
     service: list
     weight_store: ray.actor.ActorHandle
     learner: ray.actor.ActorHandle
     actors: list
     spec: EnvSpec
     evaluator: ray.actor.ActorHandle | None = None
+    inference: list = field(default_factory=list)
 
     @property
     def queue(self) -> ray.actor.ActorHandle:
@@ -246,7 +248,9 @@ class Topology:
         refs = [a.stop.remote() for a in self.actors]
         ray.wait(refs, num_returns=len(refs), timeout=10)
         extra = [self.evaluator] if self.evaluator is not None else []
-        for handle in [*self.actors, self.learner, self.weight_store, *self.service, *extra]:
+        # Servers after the rollout actors: an actor still stopping may wait on its step.
+        for handle in [*self.actors, *self.inference, self.learner, self.weight_store, *self.service,
+                       *extra]:
             ray.kill(handle, no_restart=True)
 
 
@@ -272,7 +276,7 @@ def start_topology(cfg: ExperimentConfig, run_id: str, checkpoint: str | None = 
     durable replay (accord/replay_store.py)."""
     spec = describe(cfg.env.kind, cfg.env.tasks[0], **env_options(cfg))
     check_resources(cfg, ray.cluster_resources())
-    has_gpu = ray.cluster_resources().get("GPU", 0) >= 1 and cfg.learner.device != "cpu"
+    learner_gpus, server_gpus = gpu_shares(cfg, ray.cluster_resources())
     cpus = ray.cluster_resources().get("CPU", 0)
     if cpus < cfg.actors.num_actors + 1:
         warnings.warn(f"the cluster has {cpus:.0f} CPUs for {cfg.actors.num_actors} rollout actors "
@@ -281,7 +285,7 @@ def start_topology(cfg: ExperimentConfig, run_id: str, checkpoint: str | None = 
     weights_name = actor_name(run_id, "weights")
     weight_store = WeightStore.options(name=weights_name).remote()
     learner = LearnerActor.options(
-        name=actor_name(run_id, "learner"), num_gpus=1 if has_gpu else 0, num_cpus=1,
+        name=actor_name(run_id, "learner"), num_gpus=learner_gpus, num_cpus=1,
         max_restarts=cfg.learner.max_restarts if run_dir is not None else 0, max_task_retries=0,
     ).remote(cfg, spec, service_names, weights_name, None if run_dir is None else str(run_dir))
     if checkpoint is not None:
@@ -290,14 +294,30 @@ def start_topology(cfg: ExperimentConfig, run_id: str, checkpoint: str | None = 
             ray.get(service[0].count_earlier_inserts.remote(frames))
     # Actors wait for these weights, so no experience from unpublished weights is produced.
     ray.get(learner.publish.remote())
+    inference, inference_names = start_inference(cfg, spec, run_id, weights_name, server_gpus)
     actors = [
         RolloutActor.options(name=actor_name(run_id, "rollout", i),
                              max_restarts=cfg.actors.max_restarts, max_task_retries=0).remote(
-            cfg, i, spec, service_names, weights_name)
+            cfg, i, spec, service_names, weights_name,
+            inference_names[server_of(i, len(inference_names))] if inference_names else None)
         for i in range(cfg.actors.num_actors)]
     evaluator = (EvaluatorActor.options(name=actor_name(run_id, "evaluator")).remote(
         cfg, spec, weights_name) if cfg.run.eval_every else None)
-    return Topology(service, weight_store, learner, actors, spec, evaluator)
+    return Topology(service, weight_store, learner, actors, spec, evaluator, inference)
+
+
+def start_inference(cfg: ExperimentConfig, spec: EnvSpec, run_id: str, weights_name: str,
+                    num_gpus: float) -> tuple[list, list[str]]:
+    """The inference servers of `actors.inference: server` (none for local inference), ready:
+    each holds the published weights, so the rollout actors' first steps do not wait on them."""
+    if cfg.actors.inference != "server":
+        return [], []
+    n = cfg.actors.inference_servers
+    names = [actor_name(run_id, "inference", s if n > 1 else None) for s in range(n)]
+    servers = start_inference_servers(cfg, spec, names, weights_name,
+                                      inference_device(cfg, ray.cluster_resources()), num_gpus)
+    ray.get([s.ready.remote() for s in servers])
+    return servers, names
 
 
 def _train(cfg: ExperimentConfig, run_dir: Path, restored: Restored | None, console: Console,
@@ -310,9 +330,11 @@ def _train(cfg: ExperimentConfig, run_dir: Path, restored: Restored | None, cons
     sink = MetricsSink(run_dir, task=cfg.env.tasks[0] if len(cfg.env.tasks) == 1 else "")
     episodes = EpisodeTracker(cfg.env.tasks)
     device = ray.get(topo.learner.device_name.remote())
+    serving = (f"; policy on {len(topo.inference)} inference server(s) on "
+               f"{inference_device(cfg, ray.cluster_resources())}" if topo.inference else "")
     console.log(f"run directory {run_dir}; learner on {device}; {cfg.actors.num_actors} actors "
-                f"x {cfg.env.envs_per_actor} envs on {', '.join(cfg.env.tasks)}")
-    roles = RayRoles(topo.learner, topo.service, topo.actors, topo.evaluator)
+                f"x {cfg.env.envs_per_actor} envs on {', '.join(cfg.env.tasks)}{serving}")
+    roles = RayRoles(topo.learner, topo.service, topo.actors, topo.evaluator, topo.inference)
     # Restarts of the learner from a checkpoint: a resume is one, and so is each time Ray
     # restarts a dead learner within the run (the loop counts those on).
     learner_restarts = (sink.last_value("learner/restarts") or 0.0) + 1 if restored is not None else 0.0

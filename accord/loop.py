@@ -14,6 +14,7 @@ from pathlib import Path
 import ray
 
 from accord.checkpoint_schedule import CheckpointSchedule
+from accord.inference_health import ServerHealth
 from accord.run_status import write_status
 from learner.algorithm import NonFiniteLossError
 from learner.checkpoint import list_checkpoints
@@ -49,10 +50,12 @@ class RunResult:
 
 class ActorHealth:
     """Counts rollout-actor restarts (a new incarnation id), actors that stopped answering, and
-    the env steps and env errors of every incarnation (a restart starts its counters at 0)."""
+    the env steps and env errors of every incarnation (a restart starts its counters at 0);
+    and, through `ServerHealth`, the same of the inference servers."""
 
-    def __init__(self, actors):
+    def __init__(self, actors, servers=()):
         self.actors = actors
+        self.servers = ServerHealth(servers)
         self.incarnations: dict[int, str] = {}
         self.restarts = 0
         self.unreachable = 0
@@ -60,6 +63,7 @@ class ActorHealth:
         self._counters: dict[tuple[int, str], tuple[int, int]] = {}
 
     def poll(self, timeout: float = 2.0) -> None:
+        self.servers.poll(timeout)
         if not self.actors:
             return
         refs = {a.stats.remote(): i for i, a in enumerate(self.actors)}
@@ -90,7 +94,7 @@ class ActorHealth:
     def metrics(self) -> dict[str, float]:
         return {"actors/restarts": self.restarts, "actors/unreachable": self.unreachable,
                 "actors/env_errors": sum(errors for _, errors in self._counters.values()),
-                "actors/env_steps": self.steps}
+                "actors/env_steps": self.steps, **self.servers.metrics()}
 
 
 class RayRoles:
@@ -99,9 +103,9 @@ class RayRoles:
     learner (NonFiniteLossError, CheckpointWriteError) reaches the loop as itself, chained to
     Ray's wrapper."""
 
-    def __init__(self, learner, service: list, actors, evaluator=None):
+    def __init__(self, learner, service: list, actors, evaluator=None, inference=()):
         self.learner, self.service, self.evaluator = learner, service, evaluator
-        self.health = ActorHealth(actors)
+        self.health = ActorHealth(actors, inference)
 
     def counters(self) -> dict:
         return _learner_get(self.learner.counters.remote())

@@ -112,11 +112,16 @@ TABLE: list[tuple[str, str, dict[str, str], str]] = [
     # restarts of the roles
     (r"actors/restarts", "accord_restarts", {"role": "rollout"}, "Restarts so far, per role"),
     (r"learner/restarts", "accord_restarts", {"role": "learner"}, "Restarts so far, per role"),
+    (r"inference/restarts", "accord_restarts", {"role": "inference"}, "Restarts so far, per role"),
     (r"learner/updates_lost", "accord_learner_updates_lost", {},
      "Updates lost to learner restarts, at least (those the driver saw past the checkpoint each went back to)"),
     (r"actors/unreachable", "accord_actors_unreachable", {}, "Rollout actors that did not answer the last poll"),
     (r"actors/env_errors", "accord_env_errors", {}, "Environment errors so far"),
     (r"actors/env_steps", "accord_env_steps", {}, "Environment steps so far (all actors)"),
+    # inference servers (actors.inference: server)
+    (r"inference/unreachable", "accord_inference_unreachable", {}, "Inference servers that did not answer the last poll"),
+    (r"inference/weight_fetches", "accord_inference_weight_fetches", {}, "Weight versions the inference servers fetched (since their last start)"),
+    (r"inference/steps_per_batch", "accord_inference_steps_per_batch", {}, "Rollout actors' steps per inference forward (since the servers' last start)"),
     # the FIFO queue (IMPALA) and the replay table (SAC)
     (r"queue/depth", "accord_queue_depth", {}, "Unrolls waiting in the queue"),
     (r"queue/capacity", "accord_queue_capacity", {}, "Queue capacity in unrolls"),

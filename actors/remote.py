@@ -9,6 +9,9 @@ The loop starts in `__init__`, so when Ray restarts a dead actor (`max_restarts`
 incarnation resyncs the newest weights and carries on with no call from the driver.
 Weights: every insert reply carries the newest version the learner published, so an actor
 fetches weights from the weight store only when they are new, never to ask whether they are.
+With `actors.inference: server` the actor holds no policy and fetches no weights: it passes the
+newest version it has heard of to its inference server with each step (`ServerPolicy`), and
+the server fetches it once for all the actors it serves.
 Pipelining: the next unroll (or chunk) is stepped while the previous inserts are in flight; a full queue, or a replay shard's rate limiter, holds the
 insert back, which is the back-pressure. A chunk's parts go to all their shards before any
 reply is awaited, so one waiting shard never starves another.
@@ -28,6 +31,25 @@ import torch
 from ray_support.actor_restart import restarted_by_ray
 from actors.rollout import RolloutWorker
 from actors.transitions import TransitionWorker
+
+
+class ServerPolicy:
+    """A rollout worker's `infer` with `actors.inference: server`: one call per step to the
+    inference actor that serves this rollout actor. While Ray restarts that actor the call
+    waits (the server is created with `max_task_retries`), so its death costs this actor time,
+    not its loop."""
+
+    def __init__(self, server):
+        self.server = server
+        self.newest_version = -1  # the newest version an insert reply named
+
+    def __call__(self, obs, task_ids, noise) -> dict:
+        return ray.get(self.server.act.remote(obs, task_ids, noise, self.newest_version))
+
+
+def newest_published(replies: list[dict]) -> int:
+    """The version the insert replies name (-1: none yet); IMPALA's one queue insert has one."""
+    return max((r.get("weights_version", -1) for r in replies), default=-1)
 
 
 def weights_changed(replies: list[dict], have_version: int) -> bool:
@@ -71,7 +93,7 @@ class _ReplayInserter:
 @ray.remote(num_cpus=1)
 class RolloutActor:
     def __init__(self, cfg, actor_index: int, spec, service_names: list[str],
-                 weight_store_name: str):
+                 weight_store_name: str, inference_name: str | None = None):
         torch.set_num_threads(1)  # one actor = one CPU; torch's pool would fight the envs
         # Looked up by name rather than passed as handles: handle arguments live in the object
         # store, and a restart fails if they are gone by then.
@@ -82,13 +104,19 @@ class RolloutActor:
         # A fresh id per incarnation lets the driver count restarts.
         self.incarnation = uuid.uuid4().hex
         reseed = int.from_bytes(os.urandom(4), "little") if restarted_by_ray() else 0
-        self.worker = (TransitionWorker if sac else RolloutWorker)(cfg, actor_index, spec, reseed)
+        # `inference_name`: the inference server that acts for this actor (IMPALA only).
+        self.server_policy = None if inference_name is None else ServerPolicy(ray.get_actor(inference_name))
+        if sac:
+            self.worker = TransitionWorker(cfg, actor_index, spec, reseed)
+        else:
+            self.worker = RolloutWorker(cfg, actor_index, spec, reseed, infer=self.server_policy)
         self.weight_fetches = 0
         # The driver publishes before it creates the actors, and a restarted actor finds the
         # newest weights in the store: so the weights are there, and the repr (which Ray reads
         # once the actor has started) names the version this incarnation starts acting with.
         try:
-            self._sync_weights(timeout=30)
+            if self.server_policy is None:
+                self._sync_weights(timeout=30)
         except ray.exceptions.GetTimeoutError:
             pass  # the loop below waits for them
         self.unrolls = 0
@@ -101,8 +129,8 @@ class RolloutActor:
         # reads it once, when the actor has started: the version is the one it started with.
         tasks = self.worker.cfg.env.tasks
         names = sorted({tasks[int(t)] for t in self.worker.env.task_ids})
-        return (f"RolloutActor(rollout {self.worker.actor_index}, tasks {', '.join(names)}, "
-                f"weights v{self.worker.version})")
+        acting = "inference on a server" if self.server_policy else f"weights v{self.worker.version}"
+        return f"RolloutActor(rollout {self.worker.actor_index}, tasks {', '.join(names)}, {acting})"
 
     def _sync_weights(self, timeout: float | None) -> bool:
         reply = ray.get(self.weight_store.latest.remote(self.worker.version), timeout=timeout)
@@ -116,7 +144,7 @@ class RolloutActor:
     def _loop(self) -> None:
         try:
             # Resync on (re)start: no experience from random weights reaches the learner.
-            while (not self._stop.is_set() and self.worker.version < 0
+            while (self.server_policy is None and not self._stop.is_set() and self.worker.version < 0
                    and not self._sync_weights(timeout=None)):
                 time.sleep(0.05)
             pending_insert = []
@@ -125,7 +153,13 @@ class RolloutActor:
                 replies = self._wait(pending_insert)
                 if replies is None:
                     return
-                if weights_changed(replies, self.worker.version):
+                if self.server_policy is not None:
+                    # Not the max: a restarted learner publishes an older version, and that
+                    # is the one the server must go back to.
+                    published = newest_published(replies)
+                    if published >= 0:
+                        self.server_policy.newest_version = published
+                elif weights_changed(replies, self.worker.version):
                     self._sync_weights(timeout=None)
                 pending_insert = self.inserter.send(produced, self.worker.task_id)
                 self.unrolls += len(produced) if isinstance(produced, list) else 1

@@ -1,5 +1,5 @@
-"""Rollout worker: M environments of each of its tasks and a CPU copy of the policy, cut into
-unrolls for IMPALA.
+"""Rollout worker: M environments of each of its tasks and a CPU copy of the policy (or a call to
+an inference server, `infer`), cut into unrolls for IMPALA.
 
 An unroll is a dict of numpy arrays, time-major like the V-trace learner wants:
 
@@ -12,33 +12,53 @@ An unroll is a dict of numpy arrays, time-major like the V-trace learner wants:
     task_id           [M] int64
     frames, stack_start, heads               instead of obs for stacked image frames (Atari) with
                                              `actors.compact_frames`: each frame once (envs/frame_stack.py)
-    version           int                    weights that produced the whole unroll
+    version           int                    weights that produced the unroll (the oldest, see below)
     episodes          [E, 4] float64         (task_id, raw score, length, success or NaN) of episodes that ended
     teacher_probs/<n> [T, M, A] float32      only for distill terms whose teacher the env holds
                                              (the gridworld's tabular q_aux / q_main): pi_teacher(.|x_t)
 
-Weights change only between unrolls, so every step of one unroll has the same behaviour version.
+With local inference weights change only between unrolls, so every step of one unroll has the
+same behaviour version. An inference server (actors/inference_server.py) serves many actors and
+adopts a new version between two of its batches, which may fall inside an unroll. V-trace stays
+right either way: its ratios pi/mu read mu from `behaviour_logits`, recorded per step from the
+very forward that chose the step's action, whichever weights made it. `version` only measures
+the policy lag, and an unroll that spans two versions records the older one, so the lag is
+never under-reported.
+
+Sampling: local inference draws with `torch.multinomial` from the actor's generator; with a
+server the actor draws the same random numbers from the same generator and sends them along
+(actors/sampling.py), so the actions equal local inference's for the same weights and seed.
 """
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from actors.policy import policy_network
+from actors.sampling import sampling_noise
 from envs import make_multitask_vec_env, make_vec_env
 from envs.frame_stack import compact, is_frame_stack
 from envs.gridworld_teacher import RECORDED_TEACHERS
 
 
+Infer = Callable[[np.ndarray, np.ndarray, np.ndarray], dict]
+
+
 class RolloutWorker:
-    def __init__(self, cfg, actor_index: int, spec, reseed: int = 0):
+    """`infer(obs, task_ids, noise) -> {actions, logits, version}`: an inference server's step
+    (actors/inference_server.py); None: the worker holds its own copy of the policy."""
+
+    def __init__(self, cfg, actor_index: int, spec, reseed: int = 0, infer: Infer | None = None):
         self.cfg = cfg
         self.actor_index = actor_index
         seed = actor_seed(cfg, actor_index, reseed)
         self.env = make_actor_env(cfg, actor_index, seed)
         self.task_id = int(self.env.task_ids[0])
-        self.model = policy_network(cfg, spec)
-        self.model.eval()
+        self.infer = infer
+        self.model = policy_network(cfg, spec).eval() if infer is None else None
+        self.num_actions = spec.num_actions
         self.version = -1
         self.generator = torch.Generator().manual_seed(seed)
         self.obs = self.env.reset(seed=seed)
@@ -59,18 +79,19 @@ class RolloutWorker:
         rewards = np.empty((T, M), dtype=np.float32)
         terminated = np.empty((T, M), dtype=bool)
         truncated = np.empty((T, M), dtype=bool)
-        logits_buf = np.empty((T, M, self.model.num_actions), dtype=np.float32)
-        teacher_bufs = {name: np.empty((T, M, self.model.num_actions), dtype=np.float32)
+        logits_buf = np.empty((T, M, self.num_actions), dtype=np.float32)
+        teacher_bufs = {name: np.empty((T, M, self.num_actions), dtype=np.float32)
                         for name in self.teachers}
         episodes = []
+        oldest = None  # the oldest weights that acted in this unroll
         for t in range(T):
             obs[t] = self.obs
             for name, options in self.teachers.items():
                 teacher_bufs[name][t] = self.env.teacher_probs(**options)
-            logits, _ = self.model(torch.from_numpy(self.obs), self._task_ids)
-            action = torch.multinomial(torch.softmax(logits, -1), 1, generator=self.generator).squeeze(1)
-            result = self.env.step(action.numpy())
-            actions[t], logits_buf[t] = action.numpy(), logits.numpy()
+            action, logits = self._act() if self.infer is None else self._act_on_server()
+            oldest = self.version if oldest is None else min(oldest, self.version)
+            result = self.env.step(action)
+            actions[t], logits_buf[t] = action, logits
             rewards[t], terminated[t], truncated[t] = result.rewards, result.terminated, result.truncated
             episodes += [episode_row(e) for e in result.episodes]
             self.obs = result.obs
@@ -79,10 +100,24 @@ class RolloutWorker:
         return {
             **(compact(obs) if self.compact_frames else {"obs": obs}), "actions": actions, "rewards": rewards, "terminated": terminated,
             "truncated": truncated, "behaviour_logits": logits_buf,
-            "task_id": self._task_ids.numpy().copy(), "version": self.version,
+            "task_id": self._task_ids.numpy().copy(), "version": oldest,
             "episodes": np.asarray(episodes, dtype=np.float64).reshape(-1, 4),
             **{f"teacher_probs/{name}": buf for name, buf in teacher_bufs.items()},
         }
+
+    def _act(self) -> tuple[np.ndarray, np.ndarray]:
+        """Local inference: (actions [M], behaviour logits [M, A])."""
+        logits, _ = self.model(torch.from_numpy(self.obs), self._task_ids)
+        action = torch.multinomial(torch.softmax(logits, -1), 1, generator=self.generator).squeeze(1)
+        return action.numpy(), logits.numpy()
+
+    def _act_on_server(self) -> tuple[np.ndarray, np.ndarray]:
+        """Server inference: the draws come from this worker's generator, the forward from the
+        server, whose reply names the version that made it."""
+        noise = sampling_noise(self.generator, self.env.num_envs, self.num_actions)
+        reply = self.infer(self.obs, self._task_ids.numpy(), noise.numpy())
+        self.version = reply["version"]
+        return reply["actions"], reply["logits"]
 
     @property
     def env_errors(self) -> int:

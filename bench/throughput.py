@@ -7,6 +7,8 @@
    can and republishes weights, so the actors pay the weight-broadcast cost too.
    ratio = fleet / raw. A third row times one env step and one policy forward on one core:
    an actor pays both on its CPU, so env / (env + policy) is the ceiling of that ratio.
+   With `--set actors.inference=server` the actors only step their envs and the policy runs
+   on the inference servers (a GPU share where there is one), which lifts that ceiling.
 3. with `--learner`: the real learner instead of the drain (on CUDA when the cluster has a GPU):
    end-to-end frames/s, and the learner's samples/s divided by a bare forward+backward+step of
    the same network on the same batch size, timed on the same device in the same run.
@@ -23,7 +25,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from accord.driver import start_topology
+from accord.config import check_resources, inference_device
+from accord.driver import local_resources, start_topology
 from actors.rollout import env_options
 
 WARMUP_SECONDS = 5.0  # or the measured seconds where fewer: a short smoke run warms up briefly
@@ -103,9 +106,20 @@ class Drain:
         return frames
 
 
+def wait_for_first_unroll(queue, timeout: float = 600.0) -> None:
+    """Actors (and inference servers) start their processes after `start_topology` returns; on a
+    busy machine that takes longer than the warm-up, which would then measure start-up."""
+    deadline = time.monotonic() + timeout
+    while ray.get(queue.stats.remote())["queue/inserted"] < 1:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no actor produced an unroll within {timeout:.0f} s")
+        time.sleep(0.2)
+
+
 def fleet_fps(cfg, seconds: float, use_learner: bool) -> dict:
     topo = start_topology(cfg, f"bench-{time.time_ns()}")
     try:
+        wait_for_first_unroll(topo.queue)
         if use_learner:
             ray.get(topo.learner.train.remote(10**9, warmup_seconds(seconds)))
             before = ray.get(topo.learner.counters.remote())["frames"]
@@ -160,15 +174,21 @@ def bare_update_samples_per_s(cfg, obs_shape, num_actions: int, seconds: float) 
 def main(cfg, seconds: float = 30.0, use_learner: bool = False) -> list[dict]:
     if cfg.env.kind != "atari":
         raise SystemExit("accord bench throughput compares against AtariVectorEnv: use an atari config")
+    started = not ray.is_initialized()
+    if started:  # before the raw side runs: a server with no GPU to run on fails now
+        check_resources(cfg, local_resources(), where="this machine")
     console = Console()
     n, m = cfg.actors.num_actors, cfg.env.envs_per_actor
     console.print(f"raw AtariVectorEnv: {n} threads x {m} envs each on {cfg.env.tasks[0]} ...")
     raw = raw_env_fps(cfg, seconds)
-    started = not ray.is_initialized()
-    if started:
-        ray.init(include_dashboard=False, num_cpus=n + 1, configure_logging=False, log_to_driver=False)
+    servers = cfg.actors.inference_servers if cfg.actors.inference == "server" else 0
+    if started:  # a CPU each for the actors, the learner and the inference servers
+        ray.init(include_dashboard=False, num_cpus=n + 1 + servers, configure_logging=False,
+                 log_to_driver=False)
+    inference = (f"inference on {servers} {inference_device(cfg, ray.cluster_resources())} server(s)"
+                 if servers else "local inference")
     try:
-        console.print(f"accord fleet: {n} actors x {m} envs, "
+        console.print(f"accord fleet: {n} actors x {m} envs, {inference}, "
                       f"{'learner' if use_learner else 'drain'} consuming ...")
         fleet = fleet_fps(cfg, seconds, use_learner)
         env_s, policy_s = actor_step_costs(cfg)
@@ -176,7 +196,8 @@ def main(cfg, seconds: float = 30.0, use_learner: bool = False) -> list[dict]:
                 {"measure": f"one core, ms per {m}-env step: env / policy forward",
                  "value": None, "text": f"{env_s * 1e3:.2f} / {policy_s * 1e3:.2f}",
                  "ratio": env_s / (env_s + policy_s), "note": "ceiling env/(env+policy)"},
-                {"measure": f"fleet frames/s ({'learner on ' + fleet['device'] if use_learner else 'drain'})",
+                {"measure": f"fleet frames/s ({'learner on ' + fleet['device'] if use_learner else 'drain'}, "
+                            f"{inference})",
                  "value": fleet["fps"], "ratio": fleet["fps"] / raw}]
         if use_learner:
             from envs import describe

@@ -219,3 +219,34 @@ def test_first_line_of_an_error_is_short_and_never_empty():
     assert loop_module._first_line(ValueError("one\ntwo")) == "one"
     assert loop_module._first_line(ValueError("  \n")) == "ValueError"
     assert loop_module._first_line(ValueError("x" * 400)) == "x" * 300
+
+
+def server_stats(incarnation, restarted=False, batches=4, requests=8, fetches=1):
+    return {"incarnation": incarnation, "restarted": restarted, "batches": batches, "requests": requests,
+            "weight_fetches": fetches, "version": 0, "largest_batch": 2}
+
+
+def test_inference_servers_count_each_restarted_process_once_even_before_the_first_poll(fake_ray, monkeypatch):
+    from accord import inference_health
+
+    monkeypatch.setattr(inference_health, "ray", fake_ray)
+    assert ActorHealth([]).metrics() == {"actors/restarts": 0, "actors/unreachable": 0, "actors/env_errors": 0,
+                                         "actors/env_steps": 0}  # local inference: no inference/ keys
+    # Server 0 was restarted before the driver first asked; server 1 is its first process.
+    s0, s1 = Handle(stats=server_stats("s0b", restarted=True)), Handle(stats=server_stats("s1a"))
+    health = ActorHealth([], servers=[s0, s1])
+    health.poll()
+    assert health.metrics()["inference/restarts"] == 1.0
+    health.poll()  # the same process again: no new restart
+    s1.replies["stats"] = Ref(ready=False)  # s1 is being restarted
+    health.poll()
+    assert health.metrics()["inference/restarts"] == 1.0 and health.metrics()["inference/unreachable"] == 1.0
+    s1.replies["stats"] = server_stats("s1b", restarted=True, batches=1, requests=1, fetches=1)
+    health.poll()
+    metrics = health.metrics()
+    assert metrics["inference/restarts"] == 2.0 and metrics["inference/unreachable"] == 0.0
+    assert metrics["inference/weight_fetches"] == 2.0
+    assert metrics["inference/steps_per_batch"] == (8 + 1) / (4 + 1)
+    s0.replies["stats"] = Ref(error=ray.exceptions.ActorDiedError())  # restarts used up
+    health.poll()
+    assert health.metrics()["inference/unreachable"] == 1.0
