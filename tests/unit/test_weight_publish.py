@@ -181,3 +181,20 @@ def test_host_buffers_are_reused_between_snapshots():
     first = snapshot.wait()["w"]
     snapshot.start({"w": torch.full((2,), 3.0)})
     assert np.shares_memory(first, snapshot.wait()["w"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_snapshot_is_ordered_between_the_update_before_and_the_one_after():
+    """The copy runs on a side stream into pinned memory: it must see the write queued before
+    it on the update's stream, and the write queued after it must not reach it."""
+    w = torch.zeros(1 << 22, device="cuda")
+    torch.cuda._sleep(50_000_000)     # keep the update's stream busy, so an unordered copy would race
+    w += 1                            # the update before the snapshot
+    snapshot = HostSnapshot()
+    snapshot.start({"w": w})
+    w += 1                            # the next update, queued at once
+    host = snapshot.wait()["w"]
+    assert snapshot._buffers["w"].is_pinned()
+    assert float(host.min()) == float(host.max()) == 1.0
+    torch.cuda.synchronize()
+    assert float(w[0]) == 2.0
