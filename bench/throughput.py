@@ -152,7 +152,9 @@ def _chunk(consumer, seconds: float) -> dict:
 
 
 def fleet_weight_fetches(actors) -> int:
-    """Weight fetches of every rollout actor that answers within 30 s."""
+    """Weight fetches of every rollout actor that answers within 30 s (0 with no actors)."""
+    if not actors:
+        return 0
     refs = [a.stats.remote() for a in actors]
     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=30)
     return sum(s["weight_fetches"] for s in ray.get(ready))
