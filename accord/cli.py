@@ -224,8 +224,19 @@ def bench_service(
     unrolls_per_insert: int = typer.Option(1, min=1, help="Unrolls per insert call."),
     wakeups: bool = typer.Option(False, help="Instead: the queue's wake-up rules under --producers "
                                               "blocked producers (asyncio, no Ray), side by side."),
+    learner: bool = typer.Option(False, "--learner", help="Instead: the real learner fed by --producers "
+                                                         "synthetic producers against a bare "
+                                                         "forward+backward+step, in one run."),
+    device: str = typer.Option("auto", help="With --learner: auto (CUDA when present), cpu or cuda."),
 ) -> None:
     """Unroll inserts/s, MB/s and the learner's wait fraction for 1 and S queue shards."""
+    if learner:
+        if device != "auto":
+            _torch_device("--device", device)
+        from bench.service_learner import main as service_learner_main
+
+        service_learner_main(producers, seconds, device)
+        return
     if wakeups:
         from bench.queue_wakeups import main as wakeups_main
 

@@ -272,7 +272,13 @@ class LearnerConfig(_Section):
     clip_c: float = Field(1.0, gt=0, description="V-trace c-bar.")
     loss_reduction: Literal["sum", "mean"] = Field("sum", description="Sum (IMPALA) or mean over T*B.")
     max_grad_norm: float = Field(40.0, gt=0, description="Global gradient-norm clip.")
-    publish_every: int = Field(1, ge=1, description="k: publish weights to actors every k updates.")
+    publish_every: int = Field(1, ge=1, description="k: publish weights to actors once k updates have passed since the last publish (and publish_seconds).")
+    publish_seconds: float = Field(
+        0.5, ge=0, description="And once this many seconds have passed: bounds how often every actor "
+                               "fetches the whole network (at most 1/publish_seconds per actor per "
+                               "second), whatever the learner's speed. The copy and the put run off the "
+                               "updates' path; a chunk's end publishes what its updates earned. 0: "
+                               "every publish_every updates.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when the cluster has a GPU.")
     bf16: bool = Field(False, description="bf16 autocast for the forward pass on CUDA.")
     compile: Literal["auto", "off", "compile", "graphs"] = Field(

@@ -59,8 +59,8 @@ class ActorHealth:
         self.incarnations: dict[int, str] = {}
         self.restarts = 0
         self.unreachable = 0
-        # (actor, incarnation) -> latest counters, so totals survive restarts.
-        self._counters: dict[tuple[int, str], tuple[int, int]] = {}
+        # (actor, incarnation) -> latest (steps, env errors, weight fetches), so totals survive restarts.
+        self._counters: dict[tuple[int, str], tuple[int, int, int]] = {}
 
     def poll(self, timeout: float = 2.0) -> None:
         self.servers.poll(timeout)
@@ -80,11 +80,16 @@ class ActorHealth:
             if known is not None and known != stats["incarnation"]:
                 self.restarts += 1
             self.incarnations[i] = stats["incarnation"]
-            self._counters[(i, stats["incarnation"])] = (stats["steps"], stats["env_errors"])
+            self._counters[(i, stats["incarnation"])] = (stats["steps"], stats["env_errors"],
+                                                         stats.get("weight_fetches", 0))
 
     @property
     def steps(self) -> int:
-        return sum(steps for steps, _ in self._counters.values())
+        return sum(c[0] for c in self._counters.values())
+
+    @property
+    def weight_fetches(self) -> int:
+        return sum(c[2] for c in self._counters.values())
 
     @property
     def all_unreachable(self) -> bool:
@@ -93,8 +98,9 @@ class ActorHealth:
 
     def metrics(self) -> dict[str, float]:
         return {"actors/restarts": self.restarts, "actors/unreachable": self.unreachable,
-                "actors/env_errors": sum(errors for _, errors in self._counters.values()),
-                "actors/env_steps": self.steps, **self.servers.metrics()}
+                "actors/env_errors": sum(c[1] for c in self._counters.values()),
+                "actors/env_steps": self.steps, "actors/weight_fetches": self.weight_fetches,
+                **self.servers.metrics()}
 
 
 class RayRoles:
@@ -293,7 +299,10 @@ class TrainingLoop:
                           counters["frames"] - last_frames, counters["updates"] - last_updates)
             state = ("interrupted" if reason.startswith("interrupted") and code == EXIT_OK
                      else "finished" if code == EXIT_OK else "failed")
-            self._status(state, reason, counters, exit_code=code)
+            # Chunks that ran past their seconds by more than their own updates (a wait that
+            # was not bounded) are counted by the learner; the record keeps them.
+            self._status(state, reason, counters, exit_code=code,
+                         learner_chunks=counters.get("chunks"), late_chunks=counters.get("late_chunks"))
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -393,7 +402,10 @@ class TrainingLoop:
                              f"({self.status_failures} failed so far): {exc}")
 
     def _log(self, counters, chunk_metrics, seconds, frames, updates) -> None:
+        fetches_before = self.health.weight_fetches
         self.health.poll()
+        # The weights the fleet pulled since the last row: every fetch is one published copy.
+        fleet_bytes = (self.health.weight_fetches - fetches_before) * counters.get("publish_bytes", 0)
         service_stats = {} if self.service_lost else self.roles.service_stats()
         eval_metrics, self._eval_metrics = self._eval_metrics, {}  # each evaluation in one row
         row = {
@@ -403,6 +415,7 @@ class TrainingLoop:
             "learner/updates_lost": float(self.updates_lost),
             "frames": counters["frames"], "updates": counters["updates"],
             "fps": frames / seconds, "updates_per_s": updates / seconds,
+            "weights/fleet_bytes_per_s": fleet_bytes / seconds,
         }
         self.sink.write(counters["frames"], row)
         returns = {n: self.episodes.mean_return(n) for n in self.cfg.env.tasks}

@@ -4,8 +4,10 @@
    the N cores can give.
 2. fleet: N rollout actors (one CPU each, M envs, CPU policy inference, unrolls through the
    object store and the queue service) with a consumer that drains the queue as fast as it
-   can and republishes weights, so the actors pay the weight-broadcast cost too.
-   ratio = fleet / raw. A third row times one env step and one policy forward on one core:
+   can: the learner's own loop with an update that does nothing, publishing a new weights
+   version on the learner's cadence, so the actors pay the weight fetches they pay against
+   the learner and the drain row compares with the learner row. ratio = fleet / raw. Both
+   rows report the weights the fleet fetched (MB/s) and the publishes per second. A third row times one env step and one policy forward on one core:
    an actor pays both on its CPU, so env / (env + policy) is the ceiling of that ratio.
    With `--set actors.inference=server` the actors only step their envs and the policy runs
    on the inference servers (a GPU share where there is one), which lifts that ceiling.
@@ -26,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from accord.config import check_resources, inference_device
-from accord.driver import local_resources, start_topology
+from accord.driver import actor_name, local_resources, start_topology
 from actors.rollout import env_options
 
 WARMUP_SECONDS = 5.0  # or the measured seconds where fewer: a short smoke run warms up briefly
@@ -84,26 +86,107 @@ def actor_step_costs(cfg, repeats: int = 50) -> tuple[float, float]:
     return env, policy
 
 
+class NoUpdate:
+    """An `Algorithm` (learner/algorithm.py) whose update does nothing: the drain runs the
+    learner's own loop around it, so its row pays everything the learner's row pays (fetch,
+    collate, weight publishes on the learner's cadence) but the update."""
+
+    def __init__(self, weights: dict[str, torch.Tensor], frames_per_step: int):
+        self.weights, self.frames_per_step = weights, frames_per_step
+        self.updates = self.frames = self.nonfinite_total = 0
+
+    def step(self, batch: dict) -> None:
+        self.updates += 1
+        self.frames += batch["actions"].size * self.frames_per_step
+
+    def read_metrics(self) -> dict:
+        return {}
+
+    def actor_tensors(self) -> dict[str, torch.Tensor]:
+        return self.weights
+
+    def actor_weights(self) -> dict:
+        return {k: v.numpy() for k, v in self.weights.items()}
+
+
 @ray.remote(num_cpus=0)
 class Drain:
-    """Takes every batch off the queue, fetches its arrays, drops them; republishes weights."""
+    """Takes every batch off the queue through the learner's loop with `NoUpdate`; each batch
+    is a new weights version, published as the learner publishes (learner.publish_every and
+    publish_seconds, from a thread), so the actors fetch weights as they do against the learner."""
 
-    def __init__(self, queue, weight_store, weights_ref: list, unrolls_per_batch: int):
-        self.queue, self.weight_store = queue, weight_store
-        self.weights_ref, self.n = weights_ref, unrolls_per_batch
-        self.version = 0  # kept across runs: actors only fetch versions newer than theirs
+    def __init__(self, cfg, spec, service_names: list[str], weights_name: str):
+        from actors.policy import policy_network
+        from learner.publish import BackgroundPublisher
+        from learner.recovery import WeightPublisher
+        from learner.registry import build_source
+        from learner.remote import PUBLISH_CALL_SECONDS
+        from learner.worker import LearnerWorker
 
-    def run(self, seconds: float, frames_per_step: int) -> int:
-        frames, end = 0, time.monotonic() + seconds
-        while time.monotonic() < end:
-            refs = ray.get(self.queue.sample.remote(self.n, 0.5))
-            if refs is None:
-                continue
-            for unroll in ray.get(refs):
-                frames += unroll["actions"].size * frames_per_step
-            self.version += 1
-            ray.get(self.weight_store.publish.remote(self.version, self.weights_ref))
-        return frames
+        service = [ray.get_actor(n) for n in service_names]
+        weights = {k: v.detach().clone() for k, v in policy_network(cfg, spec).state_dict().items()}
+        publisher = BackgroundPublisher(WeightPublisher(
+            ray.get_actor(weights_name), service, put=ray.put,
+            fetch=lambda ref: ray.get(ref, timeout=PUBLISH_CALL_SECONDS)))
+        self.worker = LearnerWorker(NoUpdate(weights, cfg.frames_per_step), build_source(cfg, service),
+                                    cfg.learner.publish_every, publish_seconds=cfg.learner.publish_seconds,
+                                    publisher=publisher,
+                                    fetch=lambda request, timeout: ray.get(request, timeout=timeout))
+
+    def train(self, max_updates: int, max_seconds: float) -> dict:
+        return self.worker.train(max_updates, max_seconds)
+
+    def counters(self) -> dict:
+        return self.worker.counters()
+
+
+CHUNK_SECONDS = 1.0          # the consumer's chunks: the driver hears from it at least this often
+CHUNK_GRACE_SECONDS = 120.0  # past a chunk's seconds before the driver gives up on it (a first
+                             # update may compile or capture; a late chunk is counted, not waited for)
+STARTUP_SECONDS = 600.0      # for the fleet's first batch: actors start a few at a time on few cores
+
+
+def _chunk(consumer, seconds: float) -> dict:
+    try:
+        return ray.get(consumer.train.remote(10**9, seconds), timeout=seconds + CHUNK_GRACE_SECONDS)
+    except ray.exceptions.GetTimeoutError:
+        raise SystemExit(f"the consumer's chunk of {seconds:.0f} s did not return within "
+                         f"{CHUNK_GRACE_SECONDS:.0f} s more; see its actor's log") from None
+
+
+def fleet_weight_fetches(actors) -> int:
+    """Weight fetches of every rollout actor that answers within 30 s (0 with no actors)."""
+    if not actors:
+        return 0
+    refs = [a.stats.remote() for a in actors]
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=30)
+    return sum(s["weight_fetches"] for s in ray.get(ready))
+
+
+def measure_consumer(consumer, actors, seconds: float) -> dict:
+    """Frames/s through `consumer` (the learner or the drain) over `seconds` in chunks of
+    CHUNK_SECONDS, after the fleet's first batch and a warm-up; and the weights the fleet
+    fetched meanwhile, in bytes/s."""
+    start = time.monotonic()
+    while _chunk(consumer, CHUNK_SECONDS)["counters"]["updates"] == 0:
+        if time.monotonic() - start > STARTUP_SECONDS:
+            raise SystemExit(f"no batch reached the consumer within {STARTUP_SECONDS:.0f} s: are "
+                             f"there CPUs for every actor (actors.num_actors + 1)?")
+    warm_end = time.monotonic() + warmup_seconds(seconds)
+    while time.monotonic() < warm_end:
+        _chunk(consumer, min(CHUNK_SECONDS, warm_end - time.monotonic()))
+    before = ray.get(consumer.counters.remote(), timeout=CHUNK_GRACE_SECONDS)
+    fetches_before = fleet_weight_fetches(actors)
+    start = time.monotonic()
+    while (left := seconds - (time.monotonic() - start)) > 0:
+        _chunk(consumer, min(CHUNK_SECONDS, left))
+    elapsed = time.monotonic() - start
+    after = ray.get(consumer.counters.remote(), timeout=CHUNK_GRACE_SECONDS)
+    fetches = fleet_weight_fetches(actors) - fetches_before
+    return {"fps": (after["frames"] - before["frames"]) / elapsed,
+            "publishes/s": (after["publishes"] - before["publishes"]) / elapsed,
+            "weights_bytes/s": fetches * after["publish_bytes"] / elapsed,
+            "late_chunks": after["late_chunks"] - before["late_chunks"]}
 
 
 def wait_for_first_unroll(queue, timeout: float = 600.0) -> None:
@@ -117,25 +200,17 @@ def wait_for_first_unroll(queue, timeout: float = 600.0) -> None:
 
 
 def fleet_fps(cfg, seconds: float, use_learner: bool) -> dict:
-    topo = start_topology(cfg, f"bench-{time.time_ns()}")
+    run_id = f"bench-{time.time_ns()}"
+    topo = start_topology(cfg, run_id)
     try:
         wait_for_first_unroll(topo.queue)
         if use_learner:
-            ray.get(topo.learner.train.remote(10**9, warmup_seconds(seconds)))
-            before = ray.get(topo.learner.counters.remote())["frames"]
-            start = time.monotonic()
-            ray.get(topo.learner.train.remote(10**9, seconds))
-            elapsed = time.monotonic() - start
-            counters = ray.get(topo.learner.counters.remote())
-            return {"fps": (counters["frames"] - before) / elapsed,
-                    "device": ray.get(topo.learner.device_name.remote())}
-        weights = ray.get(topo.learner.__ray_call__.remote(lambda self: ray.put(self.learner.actor_weights())))
-        drain = Drain.remote(topo.queue, topo.weight_store, [weights],
-                             -(-cfg.learner.batch_size // cfg.env.envs_per_actor))
-        ray.get(drain.run.remote(warmup_seconds(seconds), cfg.frames_per_step))
-        start = time.monotonic()
-        frames = ray.get(drain.run.remote(seconds, cfg.frames_per_step))
-        return {"fps": frames / (time.monotonic() - start), "device": "-"}
+            consumer, device = topo.learner, ray.get(topo.learner.device_name.remote())
+        else:
+            names = [actor_name(run_id, "queue", s if cfg.queue.shards > 1 else None)
+                     for s in range(cfg.queue.shards)]
+            consumer, device = Drain.remote(cfg, topo.spec, names, actor_name(run_id, "weights")), "-"
+        return {**measure_consumer(consumer, topo.actors, seconds), "device": device}
     finally:
         topo.stop()
 
@@ -198,14 +273,21 @@ def main(cfg, seconds: float = 30.0, use_learner: bool = False) -> list[dict]:
                  "ratio": env_s / (env_s + policy_s), "note": "ceiling env/(env+policy)"},
                 {"measure": f"fleet frames/s ({'learner on ' + fleet['device'] if use_learner else 'drain'}, "
                             f"{inference})",
-                 "value": fleet["fps"], "ratio": fleet["fps"] / raw}]
+                 "value": fleet["fps"], "ratio": fleet["fps"] / raw},
+                {"measure": "weights to the fleet, MB/s (publishes/s)", "value": None,
+                 "text": f"{fleet['weights_bytes/s'] / 1e6:,.1f} ({fleet['publishes/s']:.1f})",
+                 "ratio": None, "note": "fetches x bytes per publish"}]
+        if fleet["late_chunks"]:
+            console.print(f"[yellow]{fleet['late_chunks']} of the consumer's chunks ran late "
+                          f"(learner/late_chunks): a wait was not bounded")
         if use_learner:
             from envs import describe
 
             spec = describe(cfg.env.kind, cfg.env.tasks[0], **env_options(cfg))
             gpu = 1 if ray.cluster_resources().get("GPU", 0) >= 1 and cfg.learner.device != "cpu" else 0
             bare = ray.get(bare_update_samples_per_s.options(num_gpus=gpu, num_cpus=1).remote(
-                cfg, spec.obs_shape, spec.num_actions, min(seconds, 15.0)))
+                cfg, spec.obs_shape, spec.num_actions, min(seconds, 15.0)),
+                timeout=min(seconds, 15.0) + STARTUP_SECONDS)
             learner_sps = fleet["fps"] / cfg.frames_per_step
             rows += [{"measure": "bare fwd+bwd+step samples/s", "value": bare, "ratio": None},
                      {"measure": "learner samples/s (end to end)", "value": learner_sps,

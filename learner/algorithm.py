@@ -9,10 +9,12 @@ queue/replay service, weight broadcast, checkpoints and metrics are written once
   `read_metrics()` reads what the steps since the last read reported (their means) and raises
   `NonFiniteLossError` after a run of skipped steps, `update(batch)` is the two together (one
   step, read at once: what tests and single steps use), `actor_weights()` is what rollout
-  actors run, and `state_dict()` / `load_state_dict()` is its whole state;
+  actors run (as numpy arrays; `actor_tensors()` the same as the learner's own tensors, for a
+  copy off the update's path, learner/publish.py), and `state_dict()` / `load_state_dict()` is its whole state;
 - a `BatchSource` knows how its algorithm's batches come out of the service: `request()`
   asks for the next one (a Ray reference, so the learner can prefetch while it updates) and
-  `receive(reply)` turns the reply into a batch dict, or None when nothing came.
+  `receive(reply, timeout)` turns the reply into a batch dict, or None when nothing came; it
+  raises `TimeoutError` when data the reply names did not arrive within `timeout` seconds.
 
 Every batch carries two keys for the learner actor besides what its algorithm reads:
 `versions` (the weight version behind each item, for the policy-lag metric) and `episodes`
@@ -48,6 +50,8 @@ class Algorithm(Protocol):
 
     def actor_weights(self) -> dict[str, np.ndarray]: ...
 
+    def actor_tensors(self) -> dict[str, torch.Tensor]: ...
+
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> None: ...
@@ -58,7 +62,7 @@ class BatchSource(Protocol):
 
     def request(self) -> Any: ...
 
-    def receive(self, reply: Any) -> dict | None: ...
+    def receive(self, reply: Any, timeout: float | None = None) -> dict | None: ...
 
 
 def rng_state() -> dict:

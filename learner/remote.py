@@ -1,6 +1,7 @@
 """The learner actor: a thin Ray wrapper around `LearnerWorker` (learner/worker.py), which pulls
 batches from the queue/replay service through its algorithm's `BatchSource`, steps the
-`Algorithm` and publishes the actors' weights every k updates. This actor adds what needs Ray
+`Algorithm` and publishes the actors' weights on a cadence, from a thread of its own
+(learner/publish.py). This actor adds what needs Ray
 (resolving requests, the object store, the weight store) and the checkpoints. It knows no
 algorithm (see learner/algorithm.py). The driver calls `train` in short chunks so it can log,
 checkpoint and stop between them.
@@ -20,8 +21,11 @@ import torch
 from ray_support.actor_restart import restarted_by_ray
 from learner.registry import build_algorithm, build_source
 from learner.checkpoint import load_checkpoint, save_checkpoint
+from learner.publish import BackgroundPublisher
 from learner.recovery import WeightPublisher, recover
 from learner.worker import LearnerWorker
+
+PUBLISH_CALL_SECONDS = 30.0  # a weight-store or shard call slower than this is counted, not waited for
 
 
 def resolve_device(requested: str) -> str:
@@ -48,9 +52,13 @@ class LearnerActor:
         self.device = resolve_device(cfg.learner.device)
         self.learner = build_algorithm(cfg, spec, self.device)
         self.source = build_source(cfg, service)
-        publisher = WeightPublisher(weight_store, self.service, put=ray.put, fetch=ray.get)
+        # The copy to the host and the calls of a publish run in the publisher's thread, off
+        # the updates' path; each call is bounded, so a hung store delays publishes, not updates.
+        publisher = BackgroundPublisher(WeightPublisher(
+            weight_store, self.service, put=ray.put,
+            fetch=lambda ref: ray.get(ref, timeout=PUBLISH_CALL_SECONDS)))
         self.worker = LearnerWorker(self.learner, self.source, cfg.learner.publish_every,
-                                    publish_weights=publisher,
+                                    publish_seconds=cfg.learner.publish_seconds, publisher=publisher,
                                     fetch=lambda request, timeout: ray.get(request, timeout=timeout))
         self.recovered: dict | None = None  # set in a process that Ray restarted
         if restarted_by_ray() and run_dir is not None:

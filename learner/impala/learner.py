@@ -303,7 +303,11 @@ class ImpalaLearner:
     # ---------------------------------------------------------------- weights and state
     def actor_weights(self) -> dict[str, np.ndarray]:
         """Rollout actors run the whole actor-critic."""
-        return {k: v.detach().cpu().numpy() for k, v in self.model.state_dict().items()}
+        return {k: v.cpu().numpy() for k, v in self.actor_tensors().items()}
+
+    def actor_tensors(self) -> dict[str, torch.Tensor]:
+        """The same weights as the learner's own tensors (on its device, not copied)."""
+        return {k: v.detach() for k, v in self.model.state_dict().items()}
 
     def state_dict(self) -> dict:
         """The whole state; its counters are those of the last `read_metrics` (the learner

@@ -38,13 +38,22 @@ class UnrollSource:
         self._next += 1
         return shard.sample.remote(self.n, self.timeout)
 
-    def receive(self, refs) -> dict | None:
+    def receive(self, refs, timeout: float | None = None) -> dict | None:
+        """The batch of the unrolls `refs` names; `TimeoutError` if they are not all in this
+        node's object store within `timeout` seconds (the same `refs` can be received again)."""
         if refs is None:  # the queue timed out: the actors have not filled a batch yet
             return None
-        unrolls = self._fetch(refs)
+        unrolls = self._fetch(refs, timeout)
         return collate(unrolls) if unrolls else None
 
-    def _fetch(self, refs: list) -> list[dict]:
+    def _fetch(self, refs: list, timeout: float | None) -> list[dict]:
+        # Wait for all of them first, bounded: an unroll whose owner is starved of CPU, or an
+        # object store under pressure, must not hold the learner past its chunk. A lost
+        # unroll counts as ready (its error is), so the fallback below never waits.
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout, fetch_local=True)
+        if len(ready) < len(refs):
+            raise ray.exceptions.GetTimeoutError(
+                f"{len(refs) - len(ready)} of {len(refs)} unrolls not here within {timeout} s")
         try:
             return ray.get(refs)
         except ray.exceptions.ObjectLostError:

@@ -279,7 +279,11 @@ class SacLearner:
     # ---------------------------------------------------------------- weights and state
     def actor_weights(self) -> dict[str, np.ndarray]:
         """Rollout actors run only the policy (`models.sac.build_sac_actor`)."""
-        return {k: v.detach().cpu().numpy() for k, v in self.actor.state_dict().items()}
+        return {k: v.cpu().numpy() for k, v in self.actor_tensors().items()}
+
+    def actor_tensors(self) -> dict[str, torch.Tensor]:
+        """The same weights as the learner's own tensors (on its device, not copied)."""
+        return {k: v.detach() for k, v in self.actor.state_dict().items()}
 
     def state_dict(self) -> dict:
         self.nonfinite.sync()

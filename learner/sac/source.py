@@ -49,8 +49,9 @@ class ReplaySource:
         self._top_up()
         return oldest
 
-    def receive(self, replies: list) -> dict | None:
-        """Merge one request's shard replies into a batch; None if any shard timed out."""
+    def receive(self, replies: list, timeout: float | None = None) -> dict | None:
+        """Merge one request's shard replies into a batch; None if any shard timed out. The
+        replies hold the rows themselves, so nothing is left to wait for (`timeout` unused)."""
         if len(replies) != len(self.shards):
             raise ValueError(f"ReplaySource: {len(replies)} replies for {len(self.shards)} shards")
         parts = [r for r in replies if r is not None]

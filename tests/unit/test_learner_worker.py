@@ -56,7 +56,7 @@ class ScriptedSource:
         self.requests += 1
         return self.requests - 1  # the token of the reply it will get
 
-    def receive(self, token):
+    def receive(self, token, timeout=None):
         reply = self.replies[token] if token < len(self.replies) else None
         if isinstance(reply, int):
             self.lost += reply
@@ -145,13 +145,15 @@ def test_a_chunk_that_gets_no_batch_ends_at_max_seconds(tick):
     clock.now = 100.0
     worker, algorithm, source, *_ = make_worker([], clock=clock)
     out = worker.train(max_updates=5, max_seconds=10 * tick)
-    # The clock moves 1 s per reading; each round reads it three times (the loop check and
-    # the wait around fetch + receive) and waits 1 s. Start 101; checks at 1, 4, 7 s pass and
-    # the one at 10 s ends the chunk, read once more at 11 s.
+    # The clock moves 1 s per reading; each round reads it four times (the loop check, before
+    # the fetch, for the receive's timeout, after the receive) and waits 2 s. Start 101; checks
+    # at 1, 5, 9 s pass and the one at 13 s ends the chunk; the metric read, the publish check
+    # and the end read the clock three times more: 17 s.
     assert algorithm.updates == 0 and out["metrics"]["learner/updates_in_chunk"] == 0
     assert out["metrics"]["learner/sample_timeouts"] == 3.0 and source.requests == 4
-    assert out["metrics"]["learner/seconds"] == 11 * tick
-    assert out["metrics"]["learner/wait_fraction"] == pytest.approx(3 / 11)
+    assert out["metrics"]["learner/seconds"] == 17 * tick
+    assert out["metrics"]["learner/overrun_seconds"] == 7 * tick
+    assert out["metrics"]["learner/wait_fraction"] == pytest.approx(6 / 17)
     assert out["metrics"]["learner/lag_mean"] == 0.0
 
 
@@ -184,7 +186,8 @@ def test_a_reply_slower_than_the_chunk_ends_the_chunk_on_time_and_stays_pending(
 def test_counters_before_anything_and_timeouts_add_up_across_chunks():
     worker, *_ = make_worker([None, batch(0), None, batch(1)])
     assert worker.counters() == {"updates": 0, "frames": 0, "nonfinite_total": 0,
-                                 "lost_unrolls": 0, "sample_timeouts": 0, "version": -1}
+                                 "lost_unrolls": 0, "sample_timeouts": 0, "version": -1,
+                                 "publishes": 0, "publish_bytes": 0, "chunks": 0, "late_chunks": 0}
     worker.train(max_updates=1, max_seconds=1e9)
     out = worker.train(max_updates=1, max_seconds=1e9)
     assert out["metrics"]["learner/sample_timeouts"] == 1.0  # this chunk's
@@ -253,9 +256,25 @@ def test_unroll_source_counts_lost_unrolls_and_keeps_the_rest(monkeypatch):
         return store[refs]
 
     monkeypatch.setattr(source_module.ray, "get", fake_get)
+    # A lost object counts as ready: its error is.
+    monkeypatch.setattr(source_module.ray, "wait", lambda refs, num_returns, timeout, fetch_local: (refs, []))
     source = UnrollSource([], 3)
     out = source.receive(["r0", "r1", "r2"])
     assert source.lost == 1
     assert out["versions"].tolist() == [3, 5] and out["task_id"].tolist() == [0, 1]
     assert source.receive(["gone"]) is None and source.lost == 2
     assert source.receive(["r2"])["versions"].tolist() == [5] and source.lost == 2
+
+
+def test_unroll_source_waits_for_the_unrolls_at_most_its_timeout(monkeypatch):
+    waits = []
+
+    def fake_wait(refs, num_returns, timeout, fetch_local):
+        waits.append((len(refs), num_returns, timeout, fetch_local))
+        return refs[:1], refs[1:]  # one of two is here; the other is still on its way
+
+    monkeypatch.setattr(source_module.ray, "wait", fake_wait)
+    monkeypatch.setattr(source_module.ray, "get", lambda refs: pytest.fail("must not block on data not here"))
+    with pytest.raises(TimeoutError, match="1 of 2 unrolls"):
+        UnrollSource([], 2).receive(["r0", "r1"], timeout=0.25)
+    assert waits == [(2, 2, 0.25, True)]

@@ -26,6 +26,7 @@ class Clock:
 
 class Health:
     all_unreachable = False
+    weight_fetches = 0
 
     def poll(self):
         pass

@@ -1,0 +1,200 @@
+"""Publishing off the update's path (learner/publish.py) and its cadence in the learner's loop:
+the snapshot is a copy taken between updates, the thread publishes it with its version, a
+publish due while one is in flight waits for the next boundary, a failure reaches the loop, a
+timeout is counted; the cadence in updates and seconds; a chunk that overran is counted late."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from learner.publish import BackgroundPublisher, HostSnapshot, PublishCadence
+from learner.worker import LATE_SLACK_SECONDS, LearnerWorker
+from tests.unit.test_learner_worker import CountingAlgorithm, FakeClock, ScriptedSource, batch
+
+
+class TensorAlgorithm:
+    """Weights as a torch tensor that `bump` changes in place, as an optimizer step does."""
+
+    def __init__(self):
+        self.w = torch.zeros(4)
+        self.updates = 0
+
+    def bump(self):
+        self.w += 1
+        self.updates += 1
+
+    def actor_tensors(self):
+        return {"w": self.w}
+
+
+def _wait(predicate, timeout=30.0):
+    done = threading.Event()
+    deadline = threading.Timer(timeout, done.set)
+    deadline.start()
+    try:
+        while not predicate():
+            if done.wait(0.01):
+                raise AssertionError(f"not within {timeout} s")
+    finally:
+        deadline.cancel()
+
+
+def test_a_snapshot_is_a_copy_taken_when_it_starts():
+    snapshot, w = HostSnapshot(), torch.arange(3.0)
+    snapshot.start({"w": w})
+    w += 10                      # the next update writes the weights in place
+    assert snapshot.wait()["w"].tolist() == [0.0, 1.0, 2.0]
+
+
+def test_the_thread_publishes_each_snapshot_with_the_version_it_was_taken_at():
+    release, published = threading.Event(), []
+
+    def publish(version, weights):
+        release.wait(30)
+        published.append((version, weights["w"].tolist()))
+
+    algorithm, publisher = TensorAlgorithm(), BackgroundPublisher(publish)
+    algorithm.bump()
+    assert publisher.submit(1, algorithm) and publisher.busy
+    algorithm.bump()             # the update goes on while the publish is on its way
+    assert not publisher.submit(2, algorithm)   # one in flight: this one waits
+    release.set()
+    assert publisher.flush(30)
+    assert published == [(1, [1.0] * 4)] and publisher.published_version == 1
+    assert publisher.bytes_per_publish == 16 and publisher.publishes == 1
+    assert publisher.submit(2, algorithm) and publisher.flush(30)
+    assert published[-1] == (2, [2.0] * 4)
+    publisher.close()
+
+
+def test_a_failed_publish_reaches_the_loop_and_a_timed_out_one_is_counted():
+    errors = iter([TimeoutError("store slow"), RuntimeError("weight store died")])
+
+    def publish(version, weights):
+        raise next(errors)
+
+    algorithm, publisher = TensorAlgorithm(), BackgroundPublisher(publish)
+    assert publisher.submit(1, algorithm) and publisher.flush(30)
+    assert publisher.timeouts == 1 and publisher.published_version == -1
+    assert publisher.submit(2, algorithm)
+    with pytest.raises(RuntimeError, match="died"):
+        publisher.flush(30)
+    publisher.close()
+
+
+def test_cadence_needs_both_the_updates_and_the_seconds():
+    cadence = PublishCadence(every_updates=2, every_seconds=5.0)
+    assert not cadence.due(1, now=0.0) and cadence.due(2, now=0.0)  # the first: updates only
+    cadence.mark(2, now=0.0)
+    assert not cadence.due(3, now=100.0)            # one update: too few
+    assert not cadence.due(4, now=4.0)              # two updates, 4 s: too soon
+    assert cadence.due(4, now=4.0, ignore_seconds=True) and cadence.due(4, now=5.0)
+
+
+def test_the_loop_publishes_on_the_seconds_cadence_and_at_the_chunk_end():
+    clock = FakeClock(tick=0.25)
+    published = []
+    worker = LearnerWorker(CountingAlgorithm(), ScriptedSource([batch(i) for i in range(8)]),
+                           publish_every=1, publish_seconds=3.0, clock=clock,
+                           publish_weights=lambda v, w: published.append(v))
+    out = worker.train(max_updates=8, max_seconds=1e9)
+    # Each round reads the clock 6 times (1.5 s): the first update publishes, then every
+    # second round (3 s), and the chunk's end publishes the last update whatever the time.
+    assert published == [1, 3, 5, 7, 8]
+    assert out["counters"]["version"] == 8 and out["metrics"]["weights/publishes"] == 5.0
+
+
+def test_a_publish_due_while_one_is_in_flight_waits_for_the_next_update():
+    release, published = threading.Event(), []
+
+    publisher = BackgroundPublisher(lambda v, w: (release.wait(30), published.append(v)))
+    algorithm = CountingAlgorithm()
+    algorithm.actor_tensors = lambda: {"w": torch.tensor([float(algorithm.updates)])}
+    worker = LearnerWorker(algorithm, ScriptedSource([batch(i) for i in range(3)]), publish_every=1,
+                           publisher=publisher, clock=FakeClock(0.0))
+    threading.Timer(0.5, release.set).start()
+    out = worker.train(max_updates=3, max_seconds=1e9)
+    # Update 1 goes out; 2 and 3 find it in flight; the chunk's end waits for it, then
+    # publishes 3 and waits again, so the chunk reports what the actors can fetch.
+    assert published == [1, 3] and out["counters"]["version"] == 3
+    assert out["metrics"]["weights/publishes_deferred"] == 2.0
+    publisher.close()
+
+
+def test_a_wait_past_the_chunk_end_makes_the_chunk_late_and_a_slow_update_does_not():
+    clock = FakeClock(tick=0.0)
+
+    def fetch(token, timeout):
+        clock.now += timeout + 5.0   # a wait that ignored its bound
+        return token
+
+    worker = LearnerWorker(CountingAlgorithm(), ScriptedSource([batch(0)]), 1,
+                           publish_weights=lambda v, w: None, fetch=fetch, clock=clock)
+    out = worker.train(max_updates=1, max_seconds=2.0)
+    assert out["metrics"]["learner/overrun_seconds"] == 5.0 > LATE_SLACK_SECONDS
+    assert out["counters"]["late_chunks"] == 1 and out["counters"]["chunks"] == 1
+
+    algorithm = CountingAlgorithm()
+    step = algorithm.step
+
+    def slow_step(b):
+        clock.now += 7.0             # compute: an update is never cut short
+        step(b)
+    algorithm.step = slow_step
+    worker = LearnerWorker(algorithm, ScriptedSource([batch(0)]), 1,
+                           publish_weights=lambda v, w: None, clock=clock)
+    out = worker.train(max_updates=1, max_seconds=2.0)
+    assert out["metrics"]["learner/overrun_seconds"] == 5.0
+    assert out["counters"]["late_chunks"] == 0
+
+
+def test_data_that_does_not_arrive_in_time_ends_the_chunk_and_is_received_next_chunk():
+    class SlowData(ScriptedSource):
+        def __init__(self, replies):
+            super().__init__(replies)
+            self.refusals = 1
+
+        def receive(self, token, timeout=None):
+            given.append(timeout)
+            if self.refusals:
+                self.refusals -= 1
+                raise TimeoutError
+            return super().receive(token)
+
+    given = []
+    algorithm, source = CountingAlgorithm(), SlowData([batch(0), batch(1)])
+    worker = LearnerWorker(algorithm, source, 1, publish_weights=lambda v, w: None,
+                           clock=FakeClock(0.0))
+    out = worker.train(max_updates=2, max_seconds=7.0)
+    assert given == [7.0]   # what is left of the chunk (the fake clock stands still)
+    assert algorithm.seen == [] and out["metrics"]["learner/fetch_timeouts"] == 1.0
+    worker.train(max_updates=2, max_seconds=7.0)
+    assert algorithm.seen == [0, 1] and source.requests == 3  # the first reply was kept, not refetched
+
+
+def test_host_buffers_are_reused_between_snapshots():
+    snapshot = HostSnapshot()
+    snapshot.start({"w": torch.ones(2)})
+    first = snapshot.wait()["w"]
+    snapshot.start({"w": torch.full((2,), 3.0)})
+    assert np.shares_memory(first, snapshot.wait()["w"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_snapshot_is_ordered_between_the_update_before_and_the_one_after():
+    """The copy runs on a side stream into pinned memory: it must see the write queued before
+    it on the update's stream, and the write queued after it must not reach it."""
+    w = torch.zeros(1 << 22, device="cuda")
+    torch.cuda._sleep(50_000_000)     # keep the update's stream busy, so an unordered copy would race
+    w += 1                            # the update before the snapshot
+    snapshot = HostSnapshot()
+    snapshot.start({"w": w})
+    w += 1                            # the next update, queued at once
+    host = snapshot.wait()["w"]
+    assert snapshot._buffers["w"].is_pinned()
+    assert float(host.min()) == float(host.max()) == 1.0
+    torch.cuda.synchronize()
+    assert float(w[0]) == 2.0
