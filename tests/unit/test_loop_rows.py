@@ -8,6 +8,7 @@ import json
 import pytest
 
 from accord import loop as loop_module
+from accord.config import ExperimentConfig
 from accord.loop import EXIT_FAILED, EXIT_OK, TrainingLoop
 from accord.metrics import EpisodeTracker
 from tests.unit.test_loop_stops import (CHUNK_SECONDS, Clock, Console, EvaluatingRoles, FakeRoles,
@@ -183,3 +184,69 @@ def test_a_run_stopped_before_its_first_chunk_still_logs_its_final_evaluation(tm
     result = loop.run()
     assert result.reason == "interrupted by SIGINT" and roles.chunks == 0
     assert [row["eval/success_mean"] for row in sink.rows] == [1.0]
+
+
+def test_the_second_row_and_the_final_one_measure_only_their_own_interval(tmp_path, clock):
+    roles = FakeRoles(clock, updates_per_chunk=3)  # rows at 2 s (6 updates), 4 s (12), the end (15)
+    sink = run_with(tmp_path, make_cfg(log_every=2.0, total_frames=100 * 15), roles)[2]
+    assert [row["updates"] for row in sink.rows] == [6, 12, 15]
+    assert sink.rows[1]["fps"] == pytest.approx(600 / 2.0)
+    assert sink.rows[1]["updates_per_s"] == pytest.approx(6 / 2.0)
+    assert sink.rows[2]["fps"] == pytest.approx(300 / 1.0)  # the last chunk, one second
+    assert sink.rows[2]["updates_per_s"] == pytest.approx(3 / 1.0)
+
+
+def test_a_resumed_run_with_several_checkpoints_keeps_the_newest(tmp_path, clock):
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    for step in (2, 4, 8):
+        (checkpoints / f"ckpt_{step:09d}.pt").write_bytes(b"")
+    roles = FakeRoles(clock, save_fails=lambda updates: True)
+    result, *_ = run_with(tmp_path, make_cfg(total_frames=100 * 4), roles)
+    assert result.checkpoint == str(checkpoints / "ckpt_000000008.pt")
+
+
+def test_the_result_names_the_run_directory_and_the_returns(tmp_path, clock):
+    roles = FakeRoles(clock, episodes_per_chunk=[[(0, 20.0, 20, float("nan"))]])
+    result, console, _ = run_with(tmp_path, make_cfg(total_frames=100 * 4), roles)
+    assert result.run_dir == tmp_path
+    assert result.returns == {"CartPole-v1": 20.0}
+    assert "returns CartPole-v1 20.0" in console.lines[-1]
+
+
+def test_returns_are_listed_per_task_with_a_dash_for_none_yet():
+    assert loop_module._fmt_returns({"a": 1.25, "b": None}) == "a 1.2, b -"
+
+
+def test_the_status_file_counts_frames_and_each_failed_write_is_reported(tmp_path, clock, monkeypatch):
+    writes = []
+
+    def write_status(run_dir, state, reason, **facts):
+        writes.append(facts)
+        if len(writes) in (1, 2):
+            raise OSError("read-only file system")
+
+    monkeypatch.setattr(loop_module, "write_status", write_status)
+    roles = FakeRoles(clock, updates_per_chunk=2)
+    _, console, sink = run_with(tmp_path, make_cfg(checkpoint_every=2, log_every=3.0, total_frames=100 * 8), roles)
+    assert writes[0]["frames"] == 200 and writes[-1]["frames"] == 800 and writes[-1]["updates"] == 8
+    failed = [line for line in console.lines if "status.json" in line]
+    assert len(failed) == 2 and "(1 failed so far): read-only file system" in failed[0]
+    assert "(2 failed so far)" in failed[1]
+    assert sink.rows[-1]["run/status_write_failures"] == 2.0
+
+
+def test_a_dead_service_of_a_sac_run_with_a_redis_replay_says_the_replay_is_kept(tmp_path, clock):
+    class Roles(FakeRoles):
+        def train(self, max_updates, max_seconds):
+            raise loop_module.ServiceLost("replay shard 0 died")
+
+    sac = ExperimentConfig.model_validate({
+        "env": {"kind": "gym", "tasks": ["Pendulum-v1"]}, "learner": {"algorithm": "sac"},
+        "replay": {"backend": "redis"}, "run": {"total_frames": 4000}})
+    result, *_ = run_with(tmp_path, sac, Roles(clock))
+    assert result.reason == ("a service actor died (replay shard 0 died); nothing is left to train on; "
+                             "the replay is kept in Redis for --resume")
+    memory = sac.model_copy(update={"replay": sac.replay.model_copy(update={"backend": "memory"})})
+    result, *_ = run_with(tmp_path / "memory", memory, Roles(clock))
+    assert result.reason.endswith("nothing is left to train on")

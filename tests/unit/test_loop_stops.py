@@ -319,6 +319,7 @@ def test_a_learner_dying_with_the_stop_signal_fails_the_run_without_a_checkpoint
     result, console, _, status = run_loop(tmp_path, make_cfg(), roles, stop=stop)
     assert result.exit_code == EXIT_FAILED and status["state"] == "failed"
     assert result.reason.startswith("interrupted by SIGTERM; the learner died before the final checkpoint (")
+    assert result.reason.count("the learner died") == 1  # said once, not again by the final counters call
     assert roles.saves == [] and roles.restarts == 0
     assert console.lines[-1] == f"resume with: accord train --resume {tmp_path}"
 
