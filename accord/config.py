@@ -306,6 +306,15 @@ class RunConfig(_Section):
                           "http://127.0.0.1:3000; the environment variable wins.")
 
 
+class PlacementConfig(_Section):
+    """Which nodes each role runs on, as the value of the node label `accord-node` (accord/
+    placement.py); deploy/cluster.yaml labels its GPU head `head` and its CPU workers `worker`.
+    None: anywhere (a laptop's embedded Ray has no labels)."""
+    rollout: str | None = Field(None, min_length=1, description="Nodes of the rollout actors, e.g. worker; their CPUs must hold actors.num_actors.")
+    learner: str | None = Field(None, min_length=1, description="Node of the learner, e.g. head (the node with the GPU).")
+    service: str | None = Field(None, min_length=1, description="Nodes of the queue or replay shards, the weight store and the evaluator, e.g. head.")
+
+
 class ExperimentConfig(_Section):
     env: EnvConfig = EnvConfig()
     actors: ActorConfig = ActorConfig()
@@ -313,6 +322,7 @@ class ExperimentConfig(_Section):
     replay: ReplayConfig = ReplayConfig()
     learner: LearnerConfig = LearnerConfig()
     run: RunConfig = RunConfig()
+    placement: PlacementConfig = PlacementConfig()
 
     @model_validator(mode="before")
     @classmethod

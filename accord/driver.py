@@ -25,6 +25,7 @@ from accord.errors import UserError
 from accord.console import Console
 from accord.loop import STOP_SIGNALS, RayRoles, RunResult, TrainingLoop
 from accord.metrics import EpisodeTracker, MetricsSink
+from accord.placement import check_placement, learner_has_gpu, placement_options
 from accord.replay_store import open_replay_store
 from accord.run_status import describe_status, driver_facts, read_status, write_status
 from actors.evaluator import EvaluatorActor
@@ -164,6 +165,7 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, address: str | None = None,
         started_ray = init_ray(address, cfg.actors.num_actors, cfg.run.prometheus_host,
                                cfg.run.grafana_host)
         check_resources(cfg, ray.cluster_resources())
+        check_placement(cfg, ray.nodes())
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
         write_status(run_dir, "running", "starting", exit_code=None, **driver_facts())
         recorded = True
@@ -257,11 +259,12 @@ def start_service(cfg: ExperimentConfig, spec: EnvSpec, run_id: str,
     if cfg.learner.algorithm == "sac":
         from replay.sharding import replay_shard_name, start_replay_shards
 
-        shards = start_replay_shards(cfg, spec, run_id, replay_url)
+        shards = start_replay_shards(cfg, spec, run_id, replay_url,
+                                     placement_options(cfg.placement.service))
         return shards, [replay_shard_name(run_id, s) for s in range(len(shards))]
     shards = cfg.queue.shards
     names = [actor_name(run_id, "queue", s if shards > 1 else None) for s in range(shards)]
-    return [QueueActor.options(name=n).remote("fifo", cfg.queue.capacity // shards) for n in names], names
+    return [QueueActor.options(name=n, **placement_options(cfg.placement.service)).remote("fifo", cfg.queue.capacity // shards) for n in names], names
 
 
 def start_topology(cfg: ExperimentConfig, run_id: str, checkpoint: str | None = None,
@@ -272,18 +275,21 @@ def start_topology(cfg: ExperimentConfig, run_id: str, checkpoint: str | None = 
     durable replay (accord/replay_store.py)."""
     spec = describe(cfg.env.kind, cfg.env.tasks[0], **env_options(cfg))
     check_resources(cfg, ray.cluster_resources())
-    has_gpu = ray.cluster_resources().get("GPU", 0) >= 1 and cfg.learner.device != "cpu"
+    nodes = ray.nodes()
+    check_placement(cfg, nodes)
+    has_gpu = learner_has_gpu(cfg, nodes)
+    service_nodes = placement_options(cfg.placement.service)
     cpus = ray.cluster_resources().get("CPU", 0)
     if cpus < cfg.actors.num_actors + 1:
         warnings.warn(f"the cluster has {cpus:.0f} CPUs for {cfg.actors.num_actors} rollout actors "
                       f"and the learner (one each): some actors wait until nodes join")
     service, service_names = start_service(cfg, spec, run_id, replay_url)
     weights_name = actor_name(run_id, "weights")
-    weight_store = WeightStore.options(name=weights_name).remote()
+    weight_store = WeightStore.options(name=weights_name, **service_nodes).remote()
     learner = LearnerActor.options(
         name=actor_name(run_id, "learner"), num_gpus=1 if has_gpu else 0, num_cpus=1,
         max_restarts=cfg.learner.max_restarts if run_dir is not None else 0, max_task_retries=0,
-    ).remote(cfg, spec, service_names, weights_name, None if run_dir is None else str(run_dir))
+        **placement_options(cfg.placement.learner)).remote(cfg, spec, service_names, weights_name, None if run_dir is None else str(run_dir))
     if checkpoint is not None:
         frames = ray.get(learner.load.remote(checkpoint))["frames"]
         if cfg.learner.algorithm == "sac":  # its frames are the replay's inserts: count on
@@ -292,10 +298,11 @@ def start_topology(cfg: ExperimentConfig, run_id: str, checkpoint: str | None = 
     ray.get(learner.publish.remote())
     actors = [
         RolloutActor.options(name=actor_name(run_id, "rollout", i),
-                             max_restarts=cfg.actors.max_restarts, max_task_retries=0).remote(
+                             max_restarts=cfg.actors.max_restarts, max_task_retries=0,
+                             **placement_options(cfg.placement.rollout)).remote(
             cfg, i, spec, service_names, weights_name)
         for i in range(cfg.actors.num_actors)]
-    evaluator = (EvaluatorActor.options(name=actor_name(run_id, "evaluator")).remote(
+    evaluator = (EvaluatorActor.options(name=actor_name(run_id, "evaluator"), **service_nodes).remote(
         cfg, spec, weights_name) if cfg.run.eval_every else None)
     return Topology(service, weight_store, learner, actors, spec, evaluator)
 

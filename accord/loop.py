@@ -58,6 +58,28 @@ class ActorHealth:
         self.unreachable = 0
         # (actor, incarnation) -> latest counters, so totals survive restarts.
         self._counters: dict[tuple[int, str], tuple[int, int]] = {}
+        self._reported = (0, 0)  # (restarts, unreachable) as the last `news` said them
+
+    def news(self) -> list[str]:
+        """One line for each change of the fleet since the last call: actors restarted (their
+        process or their node was lost and Ray started them again), the fleet shrinking (actors
+        that do not answer: restarting, or waiting for room on a node where they may run) or
+        growing back. Training goes on with the actors that answer."""
+        restarts, unreachable = self.restarts, self.unreachable
+        seen_restarts, seen_unreachable = self._reported
+        self._reported = (restarts, unreachable)
+        lines = []
+        if restarts > seen_restarts:
+            lines.append(f"{restarts - seen_restarts} rollout actor(s) restarted by Ray after their "
+                         f"process or node was lost ({restarts} restarts in this run)")
+        fleet = len(self.actors)
+        if unreachable > seen_unreachable:
+            lines.append(f"the fleet shrinks to {fleet - unreachable} of {fleet} rollout actors: "
+                         f"{unreachable} not answering (restarting, or no room on a node they may "
+                         f"run on); training goes on")
+        elif unreachable < seen_unreachable:
+            lines.append(f"the fleet is back to {fleet - unreachable} of {fleet} rollout actors")
+        return lines
 
     def poll(self, timeout: float = 2.0) -> None:
         if not self.actors:
@@ -390,6 +412,8 @@ class TrainingLoop:
 
     def _log(self, counters, chunk_metrics, seconds, frames, updates) -> None:
         self.health.poll()
+        for line in self.health.news():
+            self.console.log(f"[yellow]{line}")
         service_stats = {} if self.service_lost else self.roles.service_stats()
         eval_metrics, self._eval_metrics = self._eval_metrics, {}  # each evaluation in one row
         row = {

@@ -219,3 +219,21 @@ def test_first_line_of_an_error_is_short_and_never_empty():
     assert loop_module._first_line(ValueError("one\ntwo")) == "one"
     assert loop_module._first_line(ValueError("  \n")) == "ValueError"
     assert loop_module._first_line(ValueError("x" * 400)) == "x" * 300
+
+
+def test_fleet_news_says_each_restart_each_shrink_and_each_recovery_once(fake_ray):
+    a, b = Handle(stats=stats("a1", 1)), Handle(stats=stats("b1", 1))
+    health = ActorHealth([a, b])
+    health.poll()
+    assert health.news() == []
+    b.replies["stats"] = Ref(ready=False)  # b's node is gone and no node has room for it
+    health.poll()
+    assert health.news() == ["the fleet shrinks to 1 of 2 rollout actors: 1 not answering "
+                             "(restarting, or no room on a node they may run on); training goes on"]
+    health.poll()
+    assert health.news() == []  # no change, no line
+    b.replies["stats"] = stats("b2", 0)  # restarted elsewhere once a node had room
+    health.poll()
+    assert health.news() == [
+        "1 rollout actor(s) restarted by Ray after their process or node was lost (1 restarts in this run)",
+        "the fleet is back to 2 of 2 rollout actors"]
