@@ -59,6 +59,7 @@ class ActorHealth:
         # (actor, incarnation) -> latest counters, so totals survive restarts.
         self._counters: dict[tuple[int, str], tuple[int, int]] = {}
         self._reported = (0, 0)  # (restarts, unreachable) as the last `news` said them
+        self.dead: set[int] = set()  # actors Ray will not restart (their restarts are used up)
 
     def news(self) -> list[str]:
         """One line for each change of the fleet since the last call: actors restarted (their
@@ -93,6 +94,7 @@ class ActorHealth:
                 stats = ray.get(ref)
             except ray.exceptions.RayActorError:  # dead for good: restarts used up
                 self.unreachable += 1
+                self.dead.add(i)
                 continue
             known = self.incarnations.get(i)
             if known is not None and known != stats["incarnation"]:
@@ -106,8 +108,12 @@ class ActorHealth:
 
     @property
     def all_unreachable(self) -> bool:
-        # No fleet at all (a run fed over gRPC alone) is not a dead one.
-        return bool(self.actors) and self.unreachable == len(self.actors)
+        """No actor answers, and each has answered before or is dead for good. An actor that
+        has never answered is still starting: on a cluster it may wait minutes for its node to
+        join or for its envs to load, which is no reason to give up on the run.
+        No fleet at all (a run fed over gRPC alone) is not a dead one."""
+        started = all(i in self.incarnations or i in self.dead for i in range(len(self.actors)))
+        return bool(self.actors) and self.unreachable == len(self.actors) and started
 
     def metrics(self) -> dict[str, float]:
         return {"actors/restarts": self.restarts, "actors/unreachable": self.unreachable,

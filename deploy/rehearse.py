@@ -111,11 +111,16 @@ def start_node(name: str, node_type: dict, cpus: int, gpus: int, env: dict, args
     """`ray start --block` in a new session (so `down` and `kill-node` find its tree), after
     ~/.bashrc as Ray's launcher runs start commands."""
     env = {**env, "RAY_OVERRIDE_RESOURCES": json.dumps(scaled_resources(node_type["resources"], cpus, gpus)),
-           "RAY_OVERRIDE_LABELS": json.dumps(node_type.get("labels", {}))}
+           # plus one label naming the rehearsal's node, so `kill-node` targets can be looked up
+           "RAY_OVERRIDE_LABELS": json.dumps({**node_type.get("labels", {}), "rehearsal-node": name})}
     command = "source ~/.bashrc && exec ray start --block " + " ".join(args)
     with open(log, "a") as out:
         return subprocess.Popen(["bash", "-c", command], env=env, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+class NodeStartFailed(Exception):
+    """A node's `ray start` exited before the node joined."""
 
 
 def wait_for_nodes(dashboard: str, token: str, count: int, started: dict[str, subprocess.Popen],
@@ -125,7 +130,7 @@ def wait_for_nodes(dashboard: str, token: str, count: int, started: dict[str, su
         for name, process in started.items():
             if process.poll() is not None:
                 tail = (state_dir / f"{name}.log").read_text().strip().splitlines()[-3:]
-                raise SystemExit(f"{name}: `ray start` exited with {process.returncode}: " + " | ".join(tail))
+                raise NodeStartFailed(f"{name}: `ray start` exited with {process.returncode}: " + " | ".join(tail))
         try:
             request = urllib.request.Request(f"{dashboard}/api/v0/nodes?limit=100",
                                              headers={"Authorization": f"Bearer {token}"})
@@ -181,13 +186,23 @@ def up(state_dir: Path, workers: int, head_cpus: int, worker_cpus: int, skip: st
         else:
             args += [f"--address=127.0.0.1:{port}"]
             cpus = worker_cpus
-        process = started[name] = start_node(name, node_type, cpus, gpus, env, args, log)
-        state["nodes"][name] = {"pid": process.pid, "type": type_name, "home": str(home),
-                                "labels": node_type.get("labels", {}), "cpus": cpus}
-        _save(state_dir, state)
-        if name == "head":
-            wait_for_nodes(dashboard, token, 1, started, state_dir)
-    wait_for_nodes(dashboard, token, 1 + workers, started, state_dir)
+        # One node at a time: `ray start` gives its raylet a fixed 30 s to register, which
+        # several nodes starting at once on a busy machine can miss. Such a miss is retried
+        # once, and said.
+        for attempt in (1, 2):
+            process = started[name] = start_node(name, node_type, cpus, gpus, env, args, log)
+            state["nodes"][name] = {"pid": process.pid, "type": type_name, "home": str(home),
+                                    "labels": node_type.get("labels", {}), "cpus": cpus}
+            _save(state_dir, state)
+            try:
+                wait_for_nodes(dashboard, token, len(started), started, state_dir)
+                break
+            except NodeStartFailed as exc:
+                if attempt == 2 or "timed out during startup" not in str(exc):
+                    raise SystemExit(str(exc)) from None
+                state["start_retries"] = state.get("start_retries", 0) + 1
+                print(f"{name}: {exc}; starting it once more", flush=True)
+                _signal(_tree(process.pid), signal.SIGKILL)
     state["prometheus_pid"] = start_prometheus(state_dir, temp_dir, prom_port)
     _save(state_dir, state)
     return state
