@@ -307,9 +307,9 @@ class RunConfig(_Section):
 
 
 class PlacementConfig(_Section):
-    """Which nodes each role runs on, as the value of the node label `accord-node` (accord/
-    placement.py); deploy/cluster.yaml labels its GPU head `head` and its CPU workers `worker`.
-    None: anywhere (a laptop's embedded Ray has no labels)."""
+    """Which nodes each role runs on: the nodes with the custom resource `accord-<name>`
+    (accord/placement.py); deploy/cluster.yaml gives its GPU head `accord-head` and its CPU
+    workers `accord-worker`. None: anywhere (as on a laptop's embedded Ray)."""
     rollout: str | None = Field(None, min_length=1, description="Nodes of the rollout actors, e.g. worker; their CPUs must hold actors.num_actors.")
     learner: str | None = Field(None, min_length=1, description="Node of the learner, e.g. head (the node with the GPU).")
     service: str | None = Field(None, min_length=1, description="Nodes of the queue or replay shards, the weight store and the evaluator, e.g. head.")

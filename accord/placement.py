@@ -1,10 +1,12 @@
-"""Where each role of a run goes on a multi-node cluster, by node label.
+"""Where each role of a run goes on a multi-node cluster, by a custom resource of its nodes.
 
-deploy/cluster.yaml labels its nodes `accord-node: head` (the GPU node: driver, learner, replay
-service) and `accord-node: worker` (the CPU nodes: rollout actors). The config's `placement`
-section names, per role, the label value its nodes carry; the role's actors then carry Ray's
-`label_selector`, so Ray places them, and restarts them after a node is lost, only on such
-nodes. Unset (the default, and what a laptop's embedded Ray needs) places a role anywhere.
+deploy/cluster.yaml gives its GPU head (driver, learner, replay service) the resource
+`accord-head` and its CPU workers (rollout actors) `accord-worker`, 1000 units each. The config's
+`placement` section names, per role, the nodes it runs on (`head`, `worker`); each of the role's
+actors then asks for a thousandth of `accord-<name>`, so Ray places it, and restarts it after a
+node is lost, only on such nodes. (A resource, not a node label: with Ray 2.60's `label_selector`
+the rehearsal once saw a learner meant for the head started on a worker; resources hold.)
+Unset (the default, and what a laptop's embedded Ray needs) places a role anywhere.
 
 `check_placement` reads the joined cluster's nodes before any actor starts, so a fleet the
 cluster cannot hold is one config error naming the field, not actors pending for ever. It
@@ -14,27 +16,28 @@ from __future__ import annotations
 
 from accord.config import ConfigError, ExperimentConfig
 
-NODE_LABEL = "accord-node"
+RESOURCE_PREFIX = "accord-"
+SHARE = 0.001  # of a node's 1000 units: placement only, it never limits how many actors fit
 
 
-def label_selector(value: str | None) -> dict[str, str]:
-    """Ray's `label_selector` for nodes labelled `accord-node=<value>`; {} places anywhere."""
-    return {NODE_LABEL: value} if value else {}
+def node_resource(value: str) -> str:
+    """The custom resource of the nodes named `value` (`head` -> `accord-head`)."""
+    return RESOURCE_PREFIX + value
 
 
 def placement_options(value: str | None) -> dict:
     """Actor options that keep a role on its nodes (nothing when the role may go anywhere)."""
-    selector = label_selector(value)
-    return {"label_selector": selector} if selector else {}
+    return {"resources": {node_resource(value): SHARE}} if value else {}
 
 
 def _matching(nodes: list[dict], value: str) -> list[dict]:
-    return [n for n in nodes if n.get("Alive") and (n.get("Labels") or {}).get(NODE_LABEL) == value]
+    return [n for n in nodes if n.get("Alive") and n.get("Resources", {}).get(node_resource(value), 0) > 0]
 
 
-def _labelled(nodes: list[dict]) -> str:
-    values = sorted({(n.get("Labels") or {}).get(NODE_LABEL, "-") for n in nodes if n.get("Alive")})
-    return ", ".join(f"{NODE_LABEL}={v}" if v != "-" else "unlabelled" for v in values)
+def _kinds(nodes: list[dict]) -> str:
+    names = sorted({r for n in nodes if n.get("Alive") for r in n.get("Resources", {})
+                    if r.startswith(RESOURCE_PREFIX)})
+    return ", ".join(names)
 
 
 def check_placement(cfg: ExperimentConfig, nodes: list[dict]) -> None:
@@ -44,22 +47,22 @@ def check_placement(cfg: ExperimentConfig, nodes: list[dict]) -> None:
     for field in ("learner", "service", "rollout"):
         value = getattr(where, field)
         if value and not _matching(nodes, value):
-            raise ConfigError(f"placement.{field}: no node of the Ray cluster is labelled "
-                              f"{NODE_LABEL}={value} (its nodes: {_labelled(nodes) or 'none'})")
+            raise ConfigError(f"placement.{field}: no node of the Ray cluster has the resource "
+                              f"{node_resource(value)} (its nodes have: {_kinds(nodes) or 'no accord-* resource'})")
     if where.rollout and cfg.actors.num_actors:
         # One CPU per rollout actor (actors/remote.py); more would wait for a node that never comes.
         nodes_of_fleet = _matching(nodes, where.rollout)
         cpus = sum(n.get("Resources", {}).get("CPU", 0.0) for n in nodes_of_fleet)
         if cpus < cfg.actors.num_actors:
             raise ConfigError(f"placement.rollout: {cfg.actors.num_actors} rollout actors need one "
-                              f"CPU each on nodes labelled {NODE_LABEL}={where.rollout}; the cluster's "
+                              f"CPU each on nodes with {node_resource(where.rollout)}; the cluster's "
                               f"{len(nodes_of_fleet)} such node(s) have {cpus:g} CPUs "
                               f"(lower actors.num_actors or add worker nodes)")
     if where.learner and cfg.learner.device == "cuda":
         gpus = sum(n.get("Resources", {}).get("GPU", 0.0) for n in _matching(nodes, where.learner))
         if gpus < 1:
-            raise ConfigError(f"placement.learner: learner.device is 'cuda' but no node labelled "
-                              f"{NODE_LABEL}={where.learner} has a GPU")
+            raise ConfigError(f"placement.learner: learner.device is 'cuda' but no node with "
+                              f"{node_resource(where.learner)} has a GPU")
 
 
 def learner_has_gpu(cfg: ExperimentConfig, nodes: list[dict]) -> bool:

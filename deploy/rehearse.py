@@ -1,5 +1,5 @@
 """The cluster of deploy/cluster.yaml rehearsed on one machine: a head and N worker nodes as
-local Ray processes on 127.0.0.1, made from the same node types, labels, file mounts and setup
+local Ray processes on 127.0.0.1, made from the same node types, resources, file mounts and setup
 scripts that `ray up` uses on the cloud.
 
     python deploy/rehearse.py up DIR [--workers 2] [--head-cpus 2] [--worker-cpus 2]
@@ -152,7 +152,7 @@ def up(state_dir: Path, workers: int, head_cpus: int, worker_cpus: int, skip: st
     if not token_file.is_file():
         raise SystemExit(f"no token at {token_file}: `ray get-auth-token --generate` makes one")
     token = token_file.read_text().strip()
-    gpus = 0  # the rehearsal never claims a GPU: the learner's placement rests on labels
+    gpus = 0  # no GPU claimed: the learner's placement rests on accord-head (accord/placement.py)
     state_dir.mkdir(parents=True, exist_ok=True)
     # Ray's socket paths must stay short, so its temp dir is under /tmp, not state_dir.
     temp_dir = tempfile.mkdtemp(prefix="rayr-", dir="/tmp")
@@ -192,7 +192,7 @@ def up(state_dir: Path, workers: int, head_cpus: int, worker_cpus: int, skip: st
         for attempt in (1, 2):
             process = started[name] = start_node(name, node_type, cpus, gpus, env, args, log)
             state["nodes"][name] = {"pid": process.pid, "type": type_name, "home": str(home),
-                                    "labels": node_type.get("labels", {}), "cpus": cpus}
+                                    "resources": node_type["resources"], "cpus": cpus}
             _save(state_dir, state)
             try:
                 wait_for_nodes(dashboard, token, len(started), started, state_dir)

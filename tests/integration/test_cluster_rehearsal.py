@@ -1,5 +1,5 @@
 """The user's path through deploy/cluster.yaml, rehearsed on this machine with real processes:
-`deploy/rehearse.py up` (a head and two worker nodes from the config's node types, labels, file
+`deploy/rehearse.py up` (a head and two worker nodes from the config's node types, resources, file
 mounts and setup scripts), two multi-task jobs submitted side by side with `ray job submit`
 (MT10 with PCGrad-SAC; Breakout and Pong with IMPALA and cosine gating; one rollout actor each),
 the dashboard's Jobs page in headless Chromium, Prometheus's frames/s per job, Ray's state API
@@ -168,6 +168,12 @@ def _nodes(cluster) -> dict[str, dict]:
     return {n["node_id"]: n for n in reply["data"]["result"]["result"] if n["state"] == "ALIVE"}
 
 
+def _kind(node: dict) -> str:
+    """head or worker: the accord-* resource deploy/cluster.yaml gives the node's type."""
+    (kind,) = [r.removeprefix("accord-") for r in node["resources_total"] if r.startswith("accord-")]
+    return kind
+
+
 def _actors(cluster, run_id: str) -> dict[str, dict]:
     """The run's live actors by name, each with the node Ray placed it on (the state API)."""
     query = urllib.parse.urlencode({"limit": 1000, "detail": 1, "filter_keys": "state",
@@ -179,15 +185,15 @@ def _actors(cluster, run_id: str) -> dict[str, dict]:
 
 # The tests run in file order, on one cluster and the same two jobs.
 
-def test_the_rehearsal_ran_the_setup_scripts_and_every_node_joined_with_its_labels(cluster):
+def test_the_rehearsal_ran_the_setup_scripts_and_every_node_joined_with_its_resources(cluster):
     head_log = (cluster["state_dir"] / "head.log").read_text()
     assert "$ bash ~/accord/deploy/setup/node.sh" in head_log
     assert "$ bash ~/accord/deploy/setup/head.sh" in head_log
     assert f"accord: installed in {sys.prefix}" in head_log  # nothing reinstalled
     assert "grafana: skipped (ACCORD_SETUP_SKIP)" in head_log
     assert "not rehearsed (needs the cloud):" in cluster["up"] and "boto3" in cluster["up"]
-    labels = sorted(n["labels"]["accord-node"] for n in _nodes(cluster).values())
-    assert labels == ["head", "worker", "worker"]
+    kinds = sorted(_kind(n) for n in _nodes(cluster).values())
+    assert kinds == ["head", "worker", "worker"]
 
 
 def test_both_jobs_reach_their_first_checkpoint(cluster):
@@ -201,7 +207,7 @@ def test_both_jobs_reach_their_first_checkpoint(cluster):
 
 def test_rollout_actors_run_on_workers_and_learner_and_service_on_the_head(cluster):
     nodes = _nodes(cluster)
-    role_of = {node_id: n["labels"]["accord-node"] for node_id, n in nodes.items()}
+    role_of = {node_id: _kind(n) for node_id, n in nodes.items()}
     names = set()
     for submission_id in JOBS:
         run_id = _run_dir(cluster, submission_id).name
@@ -279,7 +285,7 @@ def test_a_worker_node_lost_mid_run_is_survived(cluster):
     assert victim_id not in survivors
     restarted = _actors(cluster, run_dir.name)[f"accord:{run_dir.name}:rollout:0"]
     assert restarted["node_id"] in survivors
-    assert _nodes(cluster)[restarted["node_id"]]["labels"]["accord-node"] == "worker"
+    assert _kind(_nodes(cluster)[restarted["node_id"]]) == "worker"
     assert "rollout actor(s) restarted by Ray after their process or node was lost" in _logs(cluster, sac)
     _assert_running(cluster, *JOBS)
 

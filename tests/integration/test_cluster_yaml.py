@@ -215,16 +215,18 @@ def test_shells_on_the_nodes_default_to_token_mode():
     assert "chmod 600 ~/.ray/auth_token" in script
 
 
-def test_node_labels_keep_the_learner_on_the_gpu_head_and_rollouts_on_the_workers(prepared):
-    from accord.placement import NODE_LABEL
+def test_node_resources_keep_the_learner_on_the_gpu_head_and_rollouts_on_the_workers(prepared):
+    from accord.placement import node_resource
 
     types = prepared["available_node_types"]
     head = prepared["head_node_type"]
-    assert types[head]["labels"] == {NODE_LABEL: "head"}
+    assert types[head]["resources"][node_resource("head")] > 0
+    assert node_resource("worker") not in types[head]["resources"]
     assert types[head]["resources"]["GPU"] >= 1
     for name, node_type in types.items():
         if name != head:
-            assert node_type["labels"] == {NODE_LABEL: "worker"}, name
+            assert node_type["resources"][node_resource("worker")] > 0, name
+            assert node_resource("head") not in node_type["resources"], name
 
 
 # ---------------------------------------------------------------- installing accord
