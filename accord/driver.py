@@ -314,7 +314,8 @@ def _train(cfg: ExperimentConfig, run_dir: Path, restored: Restored | None, cons
         checkpoint, corrupt = str(restored.path), len(restored.corrupt)
     topo = start_topology(cfg, run_dir.name, checkpoint, run_dir, replay_url)
     ingest = _start_ingest(cfg, topo, run_dir, console)  # None unless replay.grpc.port is set
-    sink = MetricsSink(run_dir, task=cfg.env.tasks[0] if len(cfg.env.tasks) == 1 else "")
+    sink = MetricsSink(run_dir, task=cfg.env.tasks[0] if len(cfg.env.tasks) == 1 else "",
+                       run=run_dir.name)
     episodes = EpisodeTracker(cfg.env.tasks)
     device = ray.get(topo.learner.device_name.remote())
     console.log(f"run directory {run_dir}; learner on {device}; {cfg.actors.num_actors} actors "

@@ -249,15 +249,15 @@ def test_the_dashboard_jobs_page_lists_both_jobs(cluster):
 
 def test_prometheus_returns_each_jobs_frames_per_second(cluster):
     prometheus = cluster["state"]["prometheus"]
-    job_ids = {s: _job(cluster, s)["job_id"] for s in JOBS}
+    runs = {_run_dir(cluster, s).name for s in JOBS}
 
     def series_by_job():
         _assert_running(cluster, *JOBS)
         query = urllib.parse.urlencode({"query": "ray_accord_frames_per_second"})
         reply = _get_json(f"{prometheus}/api/v1/query?{query}")
         assert reply["status"] == "success", reply
-        found = {r["metric"].get("JobId") for r in reply["data"]["result"]}
-        return found if set(job_ids.values()) <= found else None
+        found = {r["metric"].get("run") for r in reply["data"]["result"]}
+        return found if runs <= found else None
 
     _wait_for("a frames/s series of each job in Prometheus", series_by_job, 120, every=2)
 
