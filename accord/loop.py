@@ -19,7 +19,11 @@ from learner.algorithm import NonFiniteLossError
 from learner.checkpoint import list_checkpoints
 
 EXIT_OK, EXIT_FAILED, EXIT_DIVERGED = 0, 1, 3
-FLEET_DEAD_SECONDS = 60.0
+# A fleet that has stopped answering is given this long before the run gives up on it: an actor
+# on a lost node answers again only after Ray has declared the node dead (its heartbeats missed,
+# tens of seconds, more on a busy head), restarted the actor elsewhere and the actor has loaded
+# its envs (minutes for MT10's ten Meta-World envs on a busy node).
+FLEET_DEAD_SECONDS = 300.0
 LEARNER_RESTART_SECONDS = 300.0  # for Ray to start a new learner process and for it to load
 
 

@@ -46,6 +46,7 @@ CLUSTER_YAML = REPO / "deploy" / "cluster.yaml"
 SETUP_SCRIPTS = "deploy/setup/"
 OBJECT_STORE_BYTES = 150 * 1024 ** 2  # per node: a rehearsal moves little data
 JOIN_TIMEOUT = 180.0
+START_ATTEMPTS = 4
 
 
 def free_port() -> int:
@@ -188,8 +189,8 @@ def up(state_dir: Path, workers: int, head_cpus: int, worker_cpus: int, skip: st
             cpus = worker_cpus
         # One node at a time: `ray start` gives its raylet a fixed 30 s to register, which
         # several nodes starting at once on a busy machine can miss. Such a miss is retried
-        # once, and said.
-        for attempt in (1, 2):
+        # (START_ATTEMPTS in all), each retry said and counted in cluster.json.
+        for attempt in range(1, START_ATTEMPTS + 1):
             process = started[name] = start_node(name, node_type, cpus, gpus, env, args, log)
             state["nodes"][name] = {"pid": process.pid, "type": type_name, "home": str(home),
                                     "resources": node_type["resources"], "cpus": cpus}
@@ -198,7 +199,7 @@ def up(state_dir: Path, workers: int, head_cpus: int, worker_cpus: int, skip: st
                 wait_for_nodes(dashboard, token, len(started), started, state_dir)
                 break
             except NodeStartFailed as exc:
-                if attempt == 2 or "timed out during startup" not in str(exc):
+                if attempt == START_ATTEMPTS or "timed out during startup" not in str(exc):
                     raise SystemExit(str(exc)) from None
                 state["start_retries"] = state.get("start_retries", 0) + 1
                 print(f"{name}: {exc}; starting it once more", flush=True)

@@ -111,6 +111,11 @@ def cluster():
                            "excludes": [".venv", "runs", ".git", ".hypothesis", "mutants"]}
             _ray_job(env, state, "submit", "--no-wait", f"--submission-id={submission_id}",
                      f"--runtime-env-json={json.dumps(runtime_env)}", "--", "accord", "train", str(path))
+            # The next job once this one runs: both unpack the same working-dir package on the
+            # head, and a job started while the other's unpacking was under way was seen to
+            # miss modules in it (Ray 2.60).
+            _wait_for(f"{submission_id} to start", lambda: _job_status(env, state, submission_id)
+                      not in ("PENDING", None), 180)
         yield {"env": env, "state": state, "state_dir": state_dir, "token": token, "runs": runs,
                "tmp": tmp, "up": up}
     finally:
@@ -125,6 +130,14 @@ def _ray_job(env: dict, state: dict, *args: str) -> str:
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
+
+
+def _job_status(env: dict, state: dict, submission_id: str) -> str | None:
+    token = (Path(env["HOME"]) / ".ray" / "auth_token").read_text().strip()
+    try:
+        return _get_json(f"{state['dashboard']}/api/jobs/{submission_id}", token)["status"]
+    except OSError:
+        return None
 
 
 def _job(cluster, submission_id: str) -> dict:
@@ -277,7 +290,7 @@ def test_a_worker_node_lost_mid_run_is_survived(cluster):
         rows = [r for r in _rows(run_dir) if float(r.get("actors/restarts") or 0) >= 1]
         return rows[0] if rows else None
 
-    first = _wait_for("the SAC job to count its actor's restart", restart_counted, 240, every=2)
+    first = _wait_for("the SAC job to count its actor's restart", restart_counted, 420, every=2)
     # Training goes on: frames keep arriving from the restarted actor.
     _wait_for("frames after the restart", lambda: int(float(_rows(run_dir)[-1]["frames"]))
               > int(float(first["frames"])), 120, every=2)
