@@ -107,8 +107,12 @@ def cluster():
                            "checkpoint_every": 5, "log_every": 1, "progress": False}}
             path = tmp / f"{submission_id}.yaml"
             path.write_text(yaml.safe_dump(cfg))
+            # Each job its own package: two jobs unpacking one working-dir package on the head
+            # were seen (Ray 2.60, a busy machine) to start with modules missing or their
+            # directory gone. The jobs leave out different unused folders, so the packages differ.
+            unused = "examples" if "sac" in submission_id else "bench"
             runtime_env = {"working_dir": str(REPO),
-                           "excludes": [".venv", "runs", ".git", ".hypothesis", "mutants"]}
+                           "excludes": [".venv", "runs", ".git", ".hypothesis", "mutants", unused]}
             _ray_job(env, state, "submit", "--no-wait", f"--submission-id={submission_id}",
                      f"--runtime-env-json={json.dumps(runtime_env)}", "--", "accord", "train", str(path))
             # The next job once this one runs: both unpack the same working-dir package on the
