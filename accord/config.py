@@ -329,6 +329,15 @@ class RunConfig(_Section):
                           "http://127.0.0.1:3000; the environment variable wins.")
 
 
+class PlacementConfig(_Section):
+    """Which nodes each role runs on: the nodes with the custom resource `accord-<name>`
+    (accord/placement.py); deploy/cluster.yaml gives its GPU head `accord-head` and its CPU
+    workers `accord-worker`. None: anywhere (as on a laptop's embedded Ray)."""
+    rollout: str | None = Field(None, min_length=1, description="Nodes of the rollout actors, e.g. worker; their CPUs must hold actors.num_actors.")
+    learner: str | None = Field(None, min_length=1, description="Node of the learner, e.g. head (the node with the GPU).")
+    service: str | None = Field(None, min_length=1, description="Nodes of the queue or replay shards, the weight store and the evaluator, e.g. head.")
+
+
 class ExperimentConfig(_Section):
     env: EnvConfig = EnvConfig()
     actors: ActorConfig = ActorConfig()
@@ -336,6 +345,7 @@ class ExperimentConfig(_Section):
     replay: ReplayConfig = ReplayConfig()
     learner: LearnerConfig = LearnerConfig()
     run: RunConfig = RunConfig()
+    placement: PlacementConfig = PlacementConfig()
 
     @model_validator(mode="before")
     @classmethod

@@ -25,6 +25,7 @@ from accord.errors import UserError
 from accord.console import Console
 from accord.loop import STOP_SIGNALS, RayRoles, RunResult, TrainingLoop
 from accord.metrics import EpisodeTracker, MetricsSink
+from accord.placement import check_placement, learner_has_gpu, placement_options
 from accord.replay_store import open_replay_store
 from accord.run_status import describe_status, driver_facts, read_status, write_status
 from actors.evaluator import EvaluatorActor
@@ -165,6 +166,7 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, address: str | None = None,
         started_ray = init_ray(address, cfg.actors.num_actors, cfg.run.prometheus_host,
                                cfg.run.grafana_host)
         check_resources(cfg, ray.cluster_resources())
+        check_placement(cfg, ray.nodes())
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
         write_status(run_dir, "running", "starting", exit_code=None, **driver_facts())
         recorded = True
@@ -261,11 +263,12 @@ def start_service(cfg: ExperimentConfig, spec: EnvSpec, run_id: str,
     if cfg.learner.algorithm == "sac":
         from replay.sharding import replay_shard_name, start_replay_shards
 
-        shards = start_replay_shards(cfg, spec, run_id, replay_url)
+        shards = start_replay_shards(cfg, spec, run_id, replay_url,
+                                     placement_options(cfg.placement.service))
         return shards, [replay_shard_name(run_id, s) for s in range(len(shards))]
     shards = cfg.queue.shards
     names = [actor_name(run_id, "queue", s if shards > 1 else None) for s in range(shards)]
-    return [QueueActor.options(name=n).remote("fifo", cfg.queue.capacity // shards) for n in names], names
+    return [QueueActor.options(name=n, **placement_options(cfg.placement.service)).remote("fifo", cfg.queue.capacity // shards) for n in names], names
 
 
 def start_topology(cfg: ExperimentConfig, run_id: str, checkpoint: str | None = None,
@@ -276,18 +279,23 @@ def start_topology(cfg: ExperimentConfig, run_id: str, checkpoint: str | None = 
     durable replay (accord/replay_store.py)."""
     spec = describe(cfg.env.kind, cfg.env.tasks[0], **env_options(cfg))
     check_resources(cfg, ray.cluster_resources())
+    nodes = ray.nodes()
+    check_placement(cfg, nodes)
     learner_gpus, server_gpus = gpu_shares(cfg, ray.cluster_resources())
+    if not learner_has_gpu(cfg, nodes):  # no GPU on the nodes its placement allows
+        learner_gpus = 0.0
+    service_nodes = placement_options(cfg.placement.service)
     cpus = ray.cluster_resources().get("CPU", 0)
     if cpus < cfg.actors.num_actors + 1:
         warnings.warn(f"the cluster has {cpus:.0f} CPUs for {cfg.actors.num_actors} rollout actors "
                       f"and the learner (one each): some actors wait until nodes join")
     service, service_names = start_service(cfg, spec, run_id, replay_url)
     weights_name = actor_name(run_id, "weights")
-    weight_store = WeightStore.options(name=weights_name).remote()
+    weight_store = WeightStore.options(name=weights_name, **service_nodes).remote()
     learner = LearnerActor.options(
         name=actor_name(run_id, "learner"), num_gpus=learner_gpus, num_cpus=1,
         max_restarts=cfg.learner.max_restarts if run_dir is not None else 0, max_task_retries=0,
-    ).remote(cfg, spec, service_names, weights_name, None if run_dir is None else str(run_dir))
+        **placement_options(cfg.placement.learner)).remote(cfg, spec, service_names, weights_name, None if run_dir is None else str(run_dir))
     if checkpoint is not None:
         frames = ray.get(learner.load.remote(checkpoint))["frames"]
         if cfg.learner.algorithm == "sac":  # its frames are the replay's inserts: count on
@@ -297,11 +305,12 @@ def start_topology(cfg: ExperimentConfig, run_id: str, checkpoint: str | None = 
     inference, inference_names = start_inference(cfg, spec, run_id, weights_name, server_gpus)
     actors = [
         RolloutActor.options(name=actor_name(run_id, "rollout", i),
-                             max_restarts=cfg.actors.max_restarts, max_task_retries=0).remote(
+                             max_restarts=cfg.actors.max_restarts, max_task_retries=0,
+                             **placement_options(cfg.placement.rollout)).remote(
             cfg, i, spec, service_names, weights_name,
             inference_names[server_of(i, len(inference_names))] if inference_names else None)
         for i in range(cfg.actors.num_actors)]
-    evaluator = (EvaluatorActor.options(name=actor_name(run_id, "evaluator")).remote(
+    evaluator = (EvaluatorActor.options(name=actor_name(run_id, "evaluator"), **service_nodes).remote(
         cfg, spec, weights_name) if cfg.run.eval_every else None)
     return Topology(service, weight_store, learner, actors, spec, evaluator, inference)
 
@@ -327,7 +336,8 @@ def _train(cfg: ExperimentConfig, run_dir: Path, restored: Restored | None, cons
         checkpoint, corrupt = str(restored.path), len(restored.corrupt)
     topo = start_topology(cfg, run_dir.name, checkpoint, run_dir, replay_url)
     ingest = _start_ingest(cfg, topo, run_dir, console)  # None unless replay.grpc.port is set
-    sink = MetricsSink(run_dir, task=cfg.env.tasks[0] if len(cfg.env.tasks) == 1 else "")
+    sink = MetricsSink(run_dir, task=cfg.env.tasks[0] if len(cfg.env.tasks) == 1 else "",
+                       run=run_dir.name)
     episodes = EpisodeTracker(cfg.env.tasks)
     device = ray.get(topo.learner.device_name.remote())
     serving = (f"; policy on {len(topo.inference)} inference server(s) on "

@@ -20,7 +20,11 @@ from learner.algorithm import NonFiniteLossError
 from learner.checkpoint import list_checkpoints
 
 EXIT_OK, EXIT_FAILED, EXIT_DIVERGED = 0, 1, 3
-FLEET_DEAD_SECONDS = 60.0
+# A fleet that has stopped answering is given this long before the run gives up on it: an actor
+# on a lost node answers again only after Ray has declared the node dead (its heartbeats missed,
+# tens of seconds, more on a busy head), restarted the actor elsewhere and the actor has loaded
+# its envs (minutes for MT10's ten Meta-World envs on a busy node).
+FLEET_DEAD_SECONDS = 300.0
 LEARNER_RESTART_SECONDS = 300.0  # for Ray to start a new learner process and for it to load
 
 
@@ -61,6 +65,29 @@ class ActorHealth:
         self.unreachable = 0
         # (actor, incarnation) -> latest (steps, env errors, weight fetches), so totals survive restarts.
         self._counters: dict[tuple[int, str], tuple[int, int, int]] = {}
+        self._reported = (0, 0)  # (restarts, unreachable) as the last `news` said them
+        self.dead: set[int] = set()  # actors Ray will not restart (their restarts are used up)
+
+    def news(self) -> list[str]:
+        """One line for each change of the fleet since the last call: actors restarted (their
+        process or their node was lost and Ray started them again), the fleet shrinking (actors
+        that do not answer: restarting, or waiting for room on a node where they may run) or
+        growing back. Training goes on with the actors that answer."""
+        restarts, unreachable = self.restarts, self.unreachable
+        seen_restarts, seen_unreachable = self._reported
+        self._reported = (restarts, unreachable)
+        lines = []
+        if restarts > seen_restarts:
+            lines.append(f"{restarts - seen_restarts} rollout actor(s) restarted by Ray after their "
+                         f"process or node was lost ({restarts} restarts in this run)")
+        fleet = len(self.actors)
+        if unreachable > seen_unreachable:
+            lines.append(f"the fleet shrinks to {fleet - unreachable} of {fleet} rollout actors: "
+                         f"{unreachable} not answering (restarting, or no room on a node they may "
+                         f"run on); training goes on")
+        elif unreachable < seen_unreachable:
+            lines.append(f"the fleet is back to {fleet - unreachable} of {fleet} rollout actors")
+        return lines
 
     def poll(self, timeout: float = 2.0) -> None:
         self.servers.poll(timeout)
@@ -75,6 +102,7 @@ class ActorHealth:
                 stats = ray.get(ref)
             except ray.exceptions.RayActorError:  # dead for good: restarts used up
                 self.unreachable += 1
+                self.dead.add(i)
                 continue
             known = self.incarnations.get(i)
             if known is not None and known != stats["incarnation"]:
@@ -93,8 +121,12 @@ class ActorHealth:
 
     @property
     def all_unreachable(self) -> bool:
-        # No fleet at all (a run fed over gRPC alone) is not a dead one.
-        return bool(self.actors) and self.unreachable == len(self.actors)
+        """No actor answers, and each has answered before or is dead for good. An actor that
+        has never answered is still starting: on a cluster it may wait minutes for its node to
+        join or for its envs to load, which is no reason to give up on the run.
+        No fleet at all (a run fed over gRPC alone) is not a dead one."""
+        started = all(i in self.incarnations or i in self.dead for i in range(len(self.actors)))
+        return bool(self.actors) and self.unreachable == len(self.actors) and started
 
     def metrics(self) -> dict[str, float]:
         return {"actors/restarts": self.restarts, "actors/unreachable": self.unreachable,
@@ -406,6 +438,8 @@ class TrainingLoop:
         self.health.poll()
         # The weights the fleet pulled since the last row: every fetch is one published copy.
         fleet_bytes = (self.health.weight_fetches - fetches_before) * counters.get("publish_bytes", 0)
+        for line in self.health.news():
+            self.console.log(f"[yellow]{line}")
         service_stats = {} if self.service_lost else self.roles.service_stats()
         eval_metrics, self._eval_metrics = self._eval_metrics, {}  # each evaluation in one row
         row = {

@@ -70,8 +70,10 @@ class MetricsSink:
     """Writes rows of scalar metrics to metrics.csv, TensorBoard and Ray gauges."""
 
     def __init__(self, run_dir: str | Path, use_ray: bool = True, tensorboard: bool = True,
-                 clock: Callable[[], float] = time.monotonic, task: str = ""):
-        """`task`: a single-task run's task, the task label of keys that name none."""
+                 clock: Callable[[], float] = time.monotonic, task: str = "", run: str = ""):
+        """`task`: a single-task run's task, the task label of keys that name none. `run`: the
+        run's id (its directory's name), a `run` label on every Ray metric, so the series of
+        two jobs on one cluster stay apart in Prometheus and Grafana."""
         self.run_dir = Path(run_dir)
         self.csv_path = self.run_dir / "metrics.csv"
         self._columns: list[str] = []
@@ -91,6 +93,7 @@ class MetricsSink:
             self._tb = SummaryWriter(str(self.run_dir / "tb"))
         self._use_ray = use_ray
         self._task = task
+        self._run = run
         self._gauges: dict = {}  # metric name -> Ray Gauge
         self._metric_of: dict[str, RayMetric] = {}  # key -> its metric name and labels
 
@@ -155,7 +158,10 @@ class MetricsSink:
                 continue
             metric = self._metric_of.get(key)
             if metric is None:
-                metric = self._metric_of[key] = ray_metric(key, self._task)
+                metric = ray_metric(key, self._task)
+                if self._run:
+                    metric = RayMetric(metric.name, (("run", self._run), *metric.labels))
+                self._metric_of[key] = metric
             gauge = self._gauges.get(metric.name)
             if gauge is None:
                 gauge = self._gauges[metric.name] = Gauge(

@@ -90,9 +90,11 @@ def checked_shard_settings(cfg) -> list[dict]:
     return settings
 
 
-def start_replay_shards(cfg, spec, run_id: str, redis_url: str | None = None) -> list:
+def start_replay_shards(cfg, spec, run_id: str, redis_url: str | None = None,
+                        placement: dict | None = None) -> list:
     """Create the replay actors `accord:<run_id>:replay:<s>`, one per shard; the handles are in
     shard order. Settings that could deadlock raise ValueError before any actor starts.
+    `placement`: actor options that keep the shards on their nodes (accord/placement.py).
 
     With `redis_url` (replay.backend: redis) the shards keep their tables in that Redis under
     `accord:<run_id>:replay` and start with what it holds there. A Redis on loopback is reachable
@@ -100,7 +102,7 @@ def start_replay_shards(cfg, spec, run_id: str, redis_url: str | None = None) ->
     from replay.replay_actor import ReplayActor  # Ray only here: config checks import this module
 
     settings = checked_shard_settings(cfg)
-    options, extra = {}, ()
+    options, extra = dict(placement or {}), ()
     if redis_url is not None:
         from replay.redis_table import replay_namespace
 
@@ -109,6 +111,7 @@ def start_replay_shards(cfg, spec, run_id: str, redis_url: str | None = None) ->
             import ray
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+            options.pop("label_selector", None)  # this node it must be, whatever its label
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
                 ray.get_runtime_context().get_node_id(), soft=False)
     return [

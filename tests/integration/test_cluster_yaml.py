@@ -194,23 +194,51 @@ def test_every_node_gets_the_token_where_ray_looks_for_it(prepared):
     assert not re.search(r"\b[0-9a-f]{64}\b", text)
 
 
-def test_shells_on_the_nodes_default_to_token_mode(prepared):
+NODE_SETUP = REPO / "deploy" / "setup" / "node.sh"
+HEAD_SETUP = REPO / "deploy" / "setup" / "head.sh"
+
+
+def test_every_node_runs_the_node_setup_script_and_the_head_its_own(prepared):
+    # prepare_config folds setup_commands into both lists, as `ray up` runs them.
+    for key in ("head_setup_commands", "worker_setup_commands"):
+        assert "bash ~/accord/deploy/setup/node.sh" in prepared[key], key
+    assert "bash ~/accord/deploy/setup/head.sh" in prepared["head_setup_commands"]
+    assert "bash ~/accord/deploy/setup/head.sh" not in prepared["worker_setup_commands"]
+    # The scripts reach the nodes with the other sources.
+    assert prepared["file_mounts"]["~/accord/deploy/setup"] == "./deploy/setup"
+
+
+def test_shells_on_the_nodes_default_to_token_mode():
     # `ray exec` / `ray attach` / drivers started by hand get the mode from ~/.bashrc.
-    assert any("export RAY_AUTH_MODE=token" in c and ".bashrc" in c
-               for c in prepared["setup_commands"])
-    assert any("chmod 600 ~/.ray/auth_token" in c for c in prepared["setup_commands"])
+    script = NODE_SETUP.read_text()
+    assert re.search(r"echo 'export RAY_AUTH_MODE=token' >> ~/\.bashrc", script)
+    assert "chmod 600 ~/.ray/auth_token" in script
+
+
+def test_node_resources_keep_the_learner_on_the_gpu_head_and_rollouts_on_the_workers(prepared):
+    from accord.placement import node_resource
+
+    types = prepared["available_node_types"]
+    head = prepared["head_node_type"]
+    assert types[head]["resources"][node_resource("head")] > 0
+    assert node_resource("worker") not in types[head]["resources"]
+    assert types[head]["resources"]["GPU"] >= 1
+    for name, node_type in types.items():
+        if name != head:
+            assert node_type["resources"][node_resource("worker")] > 0, name
+            assert node_resource("head") not in node_type["resources"], name
 
 
 # ---------------------------------------------------------------- installing accord
 
 
-def test_setup_installs_accord_on_every_node(prepared):
-    install = re.compile(r"\bpip install\b.*-e ~/accord\s*$")
-    # prepare_config folds setup_commands into both lists, as `ray up` runs them.
-    for key in ("head_setup_commands", "worker_setup_commands"):
-        assert any(install.search(c) for c in prepared[key]), key
+def test_setup_installs_accord_on_every_node():
+    script = NODE_SETUP.read_text()
+    assert re.search(r'\bpip install --python "\$ACCORD_VENV/bin/python" -e "\$ACCORD_HOME"', script)
+    assert "ACCORD_HOME=${ACCORD_HOME:-$HOME/accord}" in script
+    assert "ACCORD_VENV=${ACCORD_VENV:-$HOME/accord-venv}" in script
     # The console script `accord` and `ray` come from the environment the start lines use.
-    assert any("source ~/accord-venv/bin/activate" in c for c in prepared["setup_commands"])
+    assert 'line="source $ACCORD_VENV/bin/activate"' in script
 
 
 def test_file_mounts_carry_what_pip_install_needs(prepared):

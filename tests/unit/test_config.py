@@ -68,7 +68,7 @@ def test_defaults_are_paper_000_settings():
 
 def test_every_field_of_every_section_has_a_description():
     sections = _sections()
-    assert set(sections) == {"env", "actors", "queue", "replay", "learner", "run"}
+    assert set(sections) == {"env", "actors", "queue", "replay", "learner", "run", "placement"}
     missing = [f"{s}.{f}" for s, model in sections.items()
                for f, info in model.model_fields.items()
                if not (info.description and info.description.strip())]
@@ -99,7 +99,7 @@ def test_to_yaml_round_trip_gives_an_equal_config(tmp_path):
 def test_round_trip_of_defaults_writes_every_section():
     cfg = config_from_dict(GYM)
     tree = yaml.safe_load(to_yaml(cfg))
-    assert list(tree) == ["env", "actors", "queue", "replay", "learner", "run"]
+    assert list(tree) == ["env", "actors", "queue", "replay", "learner", "run", "placement"]
     assert tree["learner"]["lr"] == 6e-4
     assert config_from_dict(tree) == cfg
 

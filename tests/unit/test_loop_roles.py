@@ -251,3 +251,38 @@ def test_inference_servers_count_each_restarted_process_once_even_before_the_fir
     s0.replies["stats"] = Ref(error=ray.exceptions.ActorDiedError())  # restarts used up
     health.poll()
     assert health.metrics()["inference/unreachable"] == 1.0
+
+
+def test_fleet_news_says_each_restart_each_shrink_and_each_recovery_once(fake_ray):
+    a, b = Handle(stats=stats("a1", 1)), Handle(stats=stats("b1", 1))
+    health = ActorHealth([a, b])
+    health.poll()
+    assert health.news() == []
+    b.replies["stats"] = Ref(ready=False)  # b's node is gone and no node has room for it
+    health.poll()
+    assert health.news() == ["the fleet shrinks to 1 of 2 rollout actors: 1 not answering "
+                             "(restarting, or no room on a node they may run on); training goes on"]
+    health.poll()
+    assert health.news() == []  # no change, no line
+    b.replies["stats"] = stats("b2", 0)  # restarted elsewhere once a node had room
+    health.poll()
+    assert health.news() == [
+        "1 rollout actor(s) restarted by Ray after their process or node was lost (1 restarts in this run)",
+        "the fleet is back to 2 of 2 rollout actors"]
+
+
+def test_a_fleet_still_starting_is_not_a_dead_one(fake_ray):
+    """Actors that have never answered may wait for a node or load their envs for minutes; only
+    actors that went silent after answering, or died for good, make a dead fleet."""
+    a, b = Handle(stats=Ref(ready=False)), Handle(stats=Ref(ready=False))
+    health = ActorHealth([a, b])
+    health.poll()
+    assert health.unreachable == 2 and not health.all_unreachable
+    a.replies["stats"] = Ref(error=ray.exceptions.ActorDiedError())  # a died for good
+    health.poll()
+    assert not health.all_unreachable  # b is still starting
+    b.replies["stats"] = stats("b1", 3)
+    health.poll()
+    b.replies["stats"] = Ref(ready=False)  # b answered, then went silent
+    health.poll()
+    assert health.all_unreachable

@@ -34,6 +34,9 @@ class Health:
     def metrics(self):
         return {}
 
+    def news(self):
+        return []
+
 
 class FakeRoles:
     """The learner side of RayRoles: each chunk makes `updates_per_chunk` updates and takes
