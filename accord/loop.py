@@ -67,13 +67,16 @@ class ActorHealth:
         self._counters: dict[tuple[int, str], tuple[int, int, int]] = {}
         self._reported = (0, 0)  # (restarts, unreachable) as the last `news` said them
         self.dead: set[int] = set()  # actors Ray will not restart (their restarts are used up)
+        self.silent: set[int] = set()  # actors that did not answer the last poll
 
     def news(self) -> list[str]:
         """One line for each change of the fleet since the last call: actors restarted (their
         process or their node was lost and Ray started them again), the fleet shrinking (actors
         that do not answer: restarting, or waiting for room on a node where they may run) or
         growing back. Training goes on with the actors that answer."""
-        restarts, unreachable = self.restarts, self.unreachable
+        restarts = self.restarts
+        # Actors still starting (never answered) are not news: every run begins with them.
+        unreachable = sum(1 for i in self.silent if i in self.incarnations or i in self.dead)
         seen_restarts, seen_unreachable = self._reported
         self._reported = (restarts, unreachable)
         lines = []
@@ -96,12 +99,14 @@ class ActorHealth:
         refs = {a.stats.remote(): i for i, a in enumerate(self.actors)}
         ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
         self.unreachable = len(refs) - len(ready)
+        self.silent = {i for ref, i in refs.items() if ref not in set(ready)}
         for ref in ready:
             i = refs[ref]
             try:
                 stats = ray.get(ref)
             except ray.exceptions.RayActorError:  # dead for good: restarts used up
                 self.unreachable += 1
+                self.silent.add(i)
                 self.dead.add(i)
                 continue
             known = self.incarnations.get(i)

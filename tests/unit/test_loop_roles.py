@@ -278,6 +278,7 @@ def test_a_fleet_still_starting_is_not_a_dead_one(fake_ray):
     health = ActorHealth([a, b])
     health.poll()
     assert health.unreachable == 2 and not health.all_unreachable
+    assert health.news() == []  # a fleet starting up has not shrunk
     a.replies["stats"] = Ref(error=ray.exceptions.ActorDiedError())  # a died for good
     health.poll()
     assert not health.all_unreachable  # b is still starting
