@@ -114,7 +114,7 @@ class ActorHealth:
                 self.restarts += 1
             self.incarnations[i] = stats["incarnation"]
             self._counters[(i, stats["incarnation"])] = (stats["steps"], stats["env_errors"],
-                                                         stats.get("weight_fetches", 0))
+                                                         stats["weight_fetches"])
 
     @property
     def steps(self) -> int:

@@ -236,8 +236,11 @@ def test_inference_servers_count_each_restarted_process_once_even_before_the_fir
     # Server 0 was restarted before the driver first asked; server 1 is its first process.
     s0, s1 = Handle(stats=server_stats("s0b", restarted=True)), Handle(stats=server_stats("s1a"))
     health = ActorHealth([], servers=[s0, s1])
-    health.poll()
+    health.poll(timeout=3.0)
+    assert fake_ray.waits[-1][2] == 3.0  # a silent server cannot hold the poll past its timeout
     assert health.metrics()["inference/restarts"] == 1.0
+    roles = RayRoles(Handle(), [], [], inference=[s0, s1])
+    assert roles.health.servers.servers == [s0, s1]
     health.poll()  # the same process again: no new restart
     s1.replies["stats"] = Ref(ready=False)  # s1 is being restarted
     health.poll()

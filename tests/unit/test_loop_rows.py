@@ -250,3 +250,53 @@ def test_a_dead_service_of_a_sac_run_with_a_redis_replay_says_the_replay_is_kept
     memory = sac.model_copy(update={"replay": sac.replay.model_copy(update={"backend": "memory"})})
     result, *_ = run_with(tmp_path / "memory", memory, Roles(clock))
     assert result.reason.endswith("nothing is left to train on")
+
+
+def test_the_time_limit_ends_the_run_once_max_seconds_have_passed(tmp_path, clock):
+    roles = FakeRoles(clock)  # each chunk takes CHUNK_SECONDS = 1 s of fake time
+    result, *_ = run_with(tmp_path, make_cfg(max_seconds=5.0), roles)
+    assert result.reason == "time limit" and result.exit_code == EXIT_OK
+    assert roles.chunks == 5  # at 5 s exactly the limit is reached: no sixth chunk
+
+
+@pytest.mark.parametrize("log_every, chunk_seconds", [(0.5, 0.5), (5.0, 1.0)])
+def test_a_learner_chunk_lasts_a_second_or_a_log_interval_if_shorter(tmp_path, clock, log_every, chunk_seconds):
+    class Roles(FakeRoles):
+        asked = []
+
+        def train(self, max_updates, max_seconds):
+            self.asked.append((max_updates, max_seconds))
+            return super().train(max_updates, max_seconds)
+
+    roles = Roles(clock)
+    run_with(tmp_path, make_cfg(log_every=log_every, checkpoint_every=7, total_frames=100 * 4), roles)
+    assert set(roles.asked) == {(7, chunk_seconds)}
+
+
+def test_the_status_file_records_the_learners_chunks_and_the_late_ones(tmp_path, clock):
+    class Roles(FakeRoles):
+        def counters(self):
+            return {**super().counters(), "chunks": self.chunks, "late_chunks": 1}
+
+    run_with(tmp_path, make_cfg(total_frames=100 * 6), Roles(clock))
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["learner_chunks"] == 3 and status["late_chunks"] == 1
+
+
+def test_each_row_counts_the_weights_the_fleet_fetched_per_second(tmp_path, clock):
+    class FetchingHealth(type(FakeRoles(clock).health)):
+        weight_fetches = 0
+
+        def poll(self):
+            self.weight_fetches += 4  # four fetches between two rows
+
+    class Roles(FakeRoles):
+        def __init__(self, clock):
+            super().__init__(clock)
+            self.health = FetchingHealth()
+
+        def counters(self):
+            return {**super().counters(), "publish_bytes": 1000}
+
+    sink = run_with(tmp_path, make_cfg(log_every=2.0, total_frames=100 * 8), Roles(clock))[2]
+    assert [row["weights/fleet_bytes_per_s"] for row in sink.rows] == [4 * 1000 / 2.0] * 2
