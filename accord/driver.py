@@ -66,6 +66,15 @@ def monitoring_env(prometheus_host: str | None, grafana_host: str | None) -> dic
     return {k: v for k, v in wanted.items() if v and k not in os.environ}
 
 
+# Ray starts its worker processes at niceness 15, so that they yield to the driver. Here every
+# worker is part of the run (learner, rollout actors, replay shards, weight store): at 15 they get
+# about 1/28 of the CPU share of any other process on a shared machine, and since the rate
+# limiter ties the learner and the actors in lockstep the whole run then crawls (SAC on Pendulum
+# fell from ~60 to ~0.5 updates/s under a load of 6 busy processes on 2 cores: a 15 ms update took
+# over a second of wall time). Niceness 0 gives them the same share as the rest of the machine.
+EMBEDDED_SYSTEM_CONFIG = {"worker_niceness": 0}
+
+
 def init_ray(address: str | None, num_actors: int = 1, prometheus_host: str | None = None,
              grafana_host: str | None = None) -> bool:
     """Join a cluster (address or RAY_ADDRESS) or start an embedded local one. True if we started it.
@@ -83,7 +92,8 @@ def init_ray(address: str | None, num_actors: int = 1, prometheus_host: str | No
     # Embedded: dashboard only on loopback, no cluster, no Redis, no GPU needed.
     os.environ.update(monitoring_env(prometheus_host, grafana_host))
     ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True,
-             configure_logging=False, num_cpus=max(os.cpu_count() or 1, num_actors + 1))
+             configure_logging=False, num_cpus=max(os.cpu_count() or 1, num_actors + 1),
+             _system_config=EMBEDDED_SYSTEM_CONFIG)
     return True
 
 
