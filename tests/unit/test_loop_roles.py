@@ -272,6 +272,23 @@ def test_fleet_news_says_each_restart_each_shrink_and_each_recovery_once(fake_ra
     assert health.news() == [
         "1 rollout actor(s) restarted by Ray after their process or node was lost (1 restarts in this run)",
         "the fleet is back to 2 of 2 rollout actors"]
+    a.replies["stats"] = Ref(error=ray.exceptions.ActorDiedError())  # a is dead for good
+    b.replies["stats"] = stats("b3", 0)  # and b restarted once more
+    health.poll()
+    assert health.news() == [
+        "1 rollout actor(s) restarted by Ray after their process or node was lost (2 restarts in this run)",
+        "the fleet shrinks to 1 of 2 rollout actors: 1 not answering (restarting, or no room on a node "
+        "they may run on); training goes on"]
+
+
+def test_a_restart_before_the_first_news_is_news(fake_ray):
+    a = Handle(stats=stats("a1", 1))
+    health = ActorHealth([a])
+    health.poll()
+    a.replies["stats"] = stats("a2", 0)
+    health.poll()
+    assert health.news() == [
+        "1 rollout actor(s) restarted by Ray after their process or node was lost (1 restarts in this run)"]
 
 
 def test_a_fleet_still_starting_is_not_a_dead_one(fake_ray):

@@ -300,3 +300,20 @@ def test_each_row_counts_the_weights_the_fleet_fetched_per_second(tmp_path, cloc
 
     sink = run_with(tmp_path, make_cfg(log_every=2.0, total_frames=100 * 8), Roles(clock))[2]
     assert [row["weights/fleet_bytes_per_s"] for row in sink.rows] == [4 * 1000 / 2.0] * 2
+
+
+def test_a_fleet_silent_for_the_grace_period_ends_the_run_as_failed(tmp_path, clock):
+    roles = FakeRoles(clock)
+    roles.health.all_unreachable = True  # every actor answered once and then went silent
+    result, *_ = run_with(tmp_path, make_cfg(total_frames=10**9), roles)
+    assert result.exit_code == EXIT_FAILED
+    assert result.reason == (f"no rollout actor has answered for {loop_module.FLEET_DEAD_SECONDS:.0f} s "
+                             f"(restarts used up? see the actor tracebacks above)")
+    assert roles.chunks == loop_module.FLEET_DEAD_SECONDS / CHUNK_SECONDS
+
+
+def test_news_of_the_fleet_reaches_the_console_with_each_row(tmp_path, clock):
+    roles = FakeRoles(clock)
+    roles.health.news = lambda: ["the fleet shrinks to 1 of 2 rollout actors"]
+    _, console, _ = run_with(tmp_path, make_cfg(log_every=2.0, total_frames=100 * 4), roles)
+    assert "[yellow]the fleet shrinks to 1 of 2 rollout actors" in console.lines
