@@ -64,6 +64,10 @@ def monitor(
     url = f"http://127.0.0.1:{port}"
     typer.echo(f"Prometheus at {url} (scraping the Ray nodes listed in {sd_file}); Ctrl-C stops it")
     typer.echo(f"frames/s: {url}/graph?g0.expr=ray_accord_frames_per_second&g0.range_input=15m")
+    # Ctrl-C must stop it even where SIGINT came in ignored: a shell starts background jobs
+    # (`accord monitor &` in a script) with SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt, so the monitor and its Prometheus would outlive every Ctrl-C.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     process = subprocess.Popen(prometheus_command(binary, config.resolve(), data_dir.resolve(), port),
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:

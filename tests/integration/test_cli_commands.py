@@ -196,7 +196,9 @@ def test_monitor_serves_prometheus_until_ctrl_c(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "accord.cli", "monitor", f"--port={port}", f"--data-dir={tmp_path / 'prom'}",
          f"--sd-file={tmp_path / 'sd.json'}"],
-        cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # as a shell starts a background job: SIGINT ignored, which Ctrl-C must still override
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         deadline = time.monotonic() + 120  # a hang guard: waits for Prometheus to answer
         while not _ready(f"http://127.0.0.1:{port}/-/ready"):
