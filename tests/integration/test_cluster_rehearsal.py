@@ -27,6 +27,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.http import get_json
+
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,12 +62,6 @@ def _rehearse(*args: str, env: dict, timeout: float = 300) -> str:
                           capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
-
-
-def _get_json(url: str, token: str | None = None) -> dict:
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
-    with urllib.request.urlopen(request, timeout=10) as reply:
-        return json.load(reply)
 
 
 def _wait_for(what: str, check, timeout: float, every: float = 1.0):
@@ -139,17 +135,17 @@ def _ray_job(env: dict, state: dict, *args: str) -> str:
 def _job_status(env: dict, state: dict, submission_id: str) -> str | None:
     token = (Path(env["HOME"]) / ".ray" / "auth_token").read_text().strip()
     try:
-        return _get_json(f"{state['dashboard']}/api/jobs/{submission_id}", token)["status"]
+        return get_json(f"{state['dashboard']}/api/jobs/{submission_id}", token)["status"]
     except OSError:
         return None
 
 
 def _job(cluster, submission_id: str) -> dict:
-    return _get_json(f"{cluster['state']['dashboard']}/api/jobs/{submission_id}", cluster["token"])
+    return get_json(f"{cluster['state']['dashboard']}/api/jobs/{submission_id}", cluster["token"])
 
 
 def _logs(cluster, submission_id: str) -> str:
-    return _get_json(f"{cluster['state']['dashboard']}/api/jobs/{submission_id}/logs", cluster["token"])["logs"]
+    return get_json(f"{cluster['state']['dashboard']}/api/jobs/{submission_id}/logs", cluster["token"])["logs"]
 
 
 def _assert_running(cluster, *submission_ids: str) -> None:
@@ -181,7 +177,7 @@ def _rows(run_dir: Path) -> list[dict]:
 
 
 def _nodes(cluster) -> dict[str, dict]:
-    reply = _get_json(f"{cluster['state']['dashboard']}/api/v0/nodes?limit=100&detail=1", cluster["token"])
+    reply = get_json(f"{cluster['state']['dashboard']}/api/v0/nodes?limit=100&detail=1", cluster["token"])
     return {n["node_id"]: n for n in reply["data"]["result"]["result"] if n["state"] == "ALIVE"}
 
 
@@ -195,7 +191,7 @@ def _actors(cluster, run_id: str) -> dict[str, dict]:
     """The run's live actors by name, each with the node Ray placed it on (the state API)."""
     query = urllib.parse.urlencode({"limit": 1000, "detail": 1, "filter_keys": "state",
                                     "filter_predicates": "=", "filter_values": "ALIVE"})
-    reply = _get_json(f"{cluster['state']['dashboard']}/api/v0/actors?{query}", cluster["token"])
+    reply = get_json(f"{cluster['state']['dashboard']}/api/v0/actors?{query}", cluster["token"])
     return {a["name"]: a for a in reply["data"]["result"]["result"]
             if (a.get("name") or "").startswith(f"accord:{run_id}:")}
 
@@ -271,7 +267,7 @@ def test_prometheus_returns_each_jobs_frames_per_second(cluster):
     def series_by_job():
         _assert_running(cluster, *JOBS)
         query = urllib.parse.urlencode({"query": "ray_accord_frames_per_second"})
-        reply = _get_json(f"{prometheus}/api/v1/query?{query}")
+        reply = get_json(f"{prometheus}/api/v1/query?{query}")
         assert reply["status"] == "success", reply
         found = {r["metric"].get("run") for r in reply["data"]["result"]}
         return found if runs <= found else None

@@ -30,6 +30,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.http import get_json
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,12 +71,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _get_json(url: str, token: str | None = None) -> dict:
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
-    with urllib.request.urlopen(request, timeout=10) as reply:
-        return json.load(reply)
 
 
 def _wait_for(what: str, check, timeout: float, every: float = 0.5):
@@ -117,7 +113,7 @@ def stack(tmp_path_factory):
     drivers: dict[str, subprocess.Popen] = {}
     try:
         _wait_for("Prometheus", lambda: urllib.request.urlopen(f"{prometheus}/-/ready", timeout=5).status == 200, 60)
-        _wait_for("the Ray dashboard", lambda: _get_json(f"{dashboard}/api/version", token), 90, every=1)
+        _wait_for("the Ray dashboard", lambda: get_json(f"{dashboard}/api/version", token), 90, every=1)
         started = time.time()
         for name, cfg in RUNS.items():
             cfg = {**cfg, "run": {**cfg["run"], "name": f"mon-{name}", "root": str(tmp / "runs")}}
@@ -151,7 +147,7 @@ def stack(tmp_path_factory):
 def _alive_accord_actors(stack) -> list[dict]:
     query = urllib.parse.urlencode({"limit": 1000, "filter_keys": "state", "filter_predicates": "=",
                                     "filter_values": "ALIVE"})
-    reply = _get_json(f"{stack['dashboard']}/api/v0/actors?{query}", stack["token"])
+    reply = get_json(f"{stack['dashboard']}/api/v0/actors?{query}", stack["token"])
     return [a for a in reply["data"]["result"]["result"] if (a.get("name") or "").startswith("accord:")]
 
 
@@ -164,7 +160,7 @@ def _running(stack) -> None:
 def _query_range(stack, query: str) -> list:
     params = urllib.parse.urlencode({"query": query, "start": stack["started"] - 60,
                                      "end": time.time(), "step": 2})
-    reply = _get_json(f"{stack['prometheus']}/api/v1/query_range?{params}")
+    reply = get_json(f"{stack['prometheus']}/api/v1/query_range?{params}")
     assert reply["status"] == "success", (query, reply)
     return reply["data"]["result"]
 
@@ -221,7 +217,7 @@ def test_every_role_of_every_run_has_its_own_name(stack):
     def roles_by_run() -> dict[str, set[str]]:
         _running(stack)
         query = urllib.parse.urlencode({"limit": 1000})
-        reply = _get_json(f"{stack['dashboard']}/api/v0/actors?{query}", stack["token"])
+        reply = get_json(f"{stack['dashboard']}/api/v0/actors?{query}", stack["token"])
         names = [a["name"] for a in reply["data"]["result"]["result"]
                  if (a.get("name") or "").startswith("accord:")]
         by_run: dict[str, set[str]] = {}
@@ -272,7 +268,7 @@ def test_dashboard_variables_find_this_session_and_its_tasks(stack):
         series, label = re.fullmatch(r"label_values\((.+), (\w+)\)", definition).groups()
         series = series.replace("$SessionName", session)
         params = urllib.parse.urlencode({"match[]": series, "start": stack["started"] - 60, "end": time.time()})
-        return _get_json(f"{prometheus}/api/v1/label/{label}/values?{params}")["data"]
+        return get_json(f"{prometheus}/api/v1/label/{label}/values?{params}")["data"]
 
     assert session in label_values(variables["SessionName"]["definition"])
     tasks = set(label_values(variables["task"]["definition"]))
@@ -282,7 +278,7 @@ def test_dashboard_variables_find_this_session_and_its_tasks(stack):
 def test_combiner_metrics_carry_term_and_layer_labels(stack):
     query = f'ray_accord_combiner_cosine{{SessionName="{stack["session"]}",term="distill"}}'
     params = urllib.parse.urlencode({"query": query, "start": stack["started"] - 60, "end": time.time(), "step": 2})
-    layers = {s["metric"]["layer"] for s in _get_json(f"{stack['prometheus']}/api/v1/query_range?{params}")["data"]["result"]}
+    layers = {s["metric"]["layer"] for s in get_json(f"{stack['prometheus']}/api/v1/query_range?{params}")["data"]["result"]}
     # the layer mean and the per-layer cosines of the gridworld network
     assert "all" in layers and len(layers) >= 3, layers
 
