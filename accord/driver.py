@@ -28,6 +28,7 @@ from accord.metrics import EpisodeTracker, MetricsSink
 from accord.placement import check_placement, learner_has_gpu, placement_options
 from accord.replay_store import open_replay_store
 from accord.run_status import describe_status, driver_facts, read_status, write_status
+from accord.watchdog import KEEP
 from actors.evaluator import EvaluatorActor
 from actors.inference_server import server_of, start_inference_servers
 from actors.remote import RolloutActor
@@ -199,11 +200,23 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, address: str | None = None,
         if started_ray:
             ray.shutdown()
         replay_store.close()  # after the replay shards: their last inserts are in its AOF
-        watchdog.stdin.close()  # EOF: the watchdog ends what is left of our processes, then exits
+        _release(watchdog, keep_processes=not started_ray)
         try:
             watchdog.wait(timeout=20)
         except subprocess.TimeoutExpired:
             pass  # still ending stragglers; it exits on its own once they are gone
+
+
+def _release(watchdog: subprocess.Popen, keep_processes: bool) -> None:
+    """EOF to the watchdog: it ends what is left of our processes, then exits. A Ray this
+    driver joined but did not start may still be our child (`ray.init` earlier in this process):
+    it is the caller's, so the watchdog is told to keep it."""
+    try:
+        if keep_processes:
+            watchdog.stdin.write(KEEP)
+        watchdog.stdin.close()
+    except BrokenPipeError:
+        pass  # the watchdog is gone already: there is no one left to tell
 
 
 def _restore(cfg: ExperimentConfig, run_dir: Path, console: Console) -> Restored:

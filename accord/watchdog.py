@@ -12,8 +12,10 @@ them), the first time as soon as it starts; afterwards it sends SIGTERM, then SI
 those still alive. After that first look it closes its stdout (it never writes there), so a
 caller that gave it a pipe reads EOF once it knows every process the driver has by then,
 instead of guessing how long a Python start-up takes. After a clean exit the
-driver has already shut Ray down and nothing is left to end. Linux only (/proc); elsewhere it
-only records the status.
+driver has already shut Ray down and nothing is left to end. A driver that joined a Ray it did
+not start (`ray.init` in the same process: a notebook, a test) writes `keep` before it closes
+the pipe: that Ray's processes are its children too, but they are its caller's, who goes on
+using them. Linux only (/proc); elsewhere it only records the status.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from accord.run_status import read_status, write_status
 
 POLL_SECONDS = 1.0
 TERM_GRACE_SECONDS = 5.0
+KEEP = b"keep"  # written by a driver that lives on, before it closes the pipe
 
 
 def _stat(pid: int) -> tuple[int, int] | None:
@@ -89,6 +92,7 @@ def watch(run_dir: Path, driver_pid: int) -> None:
     known: dict[int, int] = {}
     me = os.getpid()
     first = True
+    heard = b""
     while True:
         known.update(descendants(driver_pid))
         known.pop(me, None)
@@ -96,9 +100,12 @@ def watch(run_dir: Path, driver_pid: int) -> None:
             _close_stdout()
             first = False
         readable, _, _ = select.select([sys.stdin], [], [], POLL_SECONDS)
-        if readable and not os.read(sys.stdin.fileno(), 64):
-            break  # EOF: the driver has exited, cleanly or not
-    ended = end_processes(known)
+        if readable:
+            data = os.read(sys.stdin.fileno(), 64)
+            if not data:
+                break  # EOF: the driver has exited, cleanly or not
+            heard += data
+    ended = 0 if KEEP in heard else end_processes(known)
     record = read_status(run_dir)
     if record is not None and record.get("state") == "running":
         # The driver records every way it exits itself; "running" means it never got the chance.

@@ -60,3 +60,7 @@ def test_sixteen_actors_on_few_cores_every_chunk_on_time_and_the_run_ends_on_max
     assert rows and max(float(r["learner/late_chunks"]) for r in rows) == 0.0
     # The weights the actors start from were published (and every version since).
     assert float(rows[-1]["weights/publish_bytes"]) > 0
+    # The run joined the Ray this test started (its raylet a child of this process, as the
+    # run's own processes are): the watchdog left it running, for this test to shut down.
+    assert ray.get(ray.put("still here"), timeout=60) == "still here"
+    assert [node["Alive"] for node in ray.nodes()] == [True]

@@ -1,5 +1,6 @@
 """accord/watchdog.py and accord/run_status.py with real processes: a driver killed outright
-leaves no process behind and a "failed" status; a clean exit keeps the status it wrote."""
+leaves no process behind and a "failed" status; a clean exit keeps the status it wrote; a
+driver that lives on keeps the processes of a Ray it joined but did not start."""
 from __future__ import annotations
 
 import os
@@ -37,6 +38,10 @@ if sys.argv[2] == "clean":
     middle.kill(); middle.wait(); os.kill(agent, 9)
     write_status(run_dir, "finished", "finished")
     watchdog.stdin.close(); watchdog.wait()
+elif sys.argv[2] == "keep":  # the "raylet" is a Ray the driver's caller started and still uses
+    write_status(run_dir, "finished", "finished")
+    watchdog.stdin.write(b"keep"); watchdog.stdin.close(); watchdog.wait()
+    time.sleep(600)
 else:
     time.sleep(600)
 """
@@ -119,3 +124,17 @@ def test_status_records_keep_earlier_facts_and_reject_unknown_states(tmp_path):
 def test_a_status_write_into_a_missing_directory_raises(tmp_path):
     with pytest.raises(OSError):
         write_status(tmp_path / "gone", "running", "training")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="the watchdog follows processes through /proc")
+def test_a_driver_that_lives_on_keeps_the_ray_it_joined(tmp_path):
+    driver, watchdog, middle, agent = _start(tmp_path, "keep")
+    try:
+        assert _wait_gone([watchdog]) == []
+        assert _alive(middle) and _alive(agent) and driver.poll() is None
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        for pid in (middle, agent, watchdog):
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert read_status(tmp_path)["state"] == "finished"
