@@ -114,7 +114,8 @@ class ActorHealth:
                 self.restarts += 1
             self.incarnations[i] = stats["incarnation"]
             self._counters[(i, stats["incarnation"])] = (stats["steps"], stats["env_errors"],
-                                                         stats["weight_fetches"])
+                                                         stats["weight_fetches"],
+                                                         stats["weight_fetch_timeouts"])
 
     @property
     def steps(self) -> int:
@@ -137,6 +138,7 @@ class ActorHealth:
         return {"actors/restarts": self.restarts, "actors/unreachable": self.unreachable,
                 "actors/env_errors": sum(c[1] for c in self._counters.values()),
                 "actors/env_steps": self.steps, "actors/weight_fetches": self.weight_fetches,
+                "actors/weight_fetch_timeouts": sum(c[3] for c in self._counters.values()),
                 **self.servers.metrics()}
 
 

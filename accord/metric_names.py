@@ -115,6 +115,7 @@ TABLE: list[tuple[str, str, dict[str, str], str]] = [
     (r"weights/flush_timeouts", "accord_weights_flush_timeouts", {}, "Learner chunks that ended with a publish still on its way"),
     (r"weights/fleet_bytes_per_s", "accord_weights_fleet_bytes_per_second", {}, "Bytes of weights the actors fetched per second (fetches x bytes per publish)"),
     (r"actors/weight_fetches", "accord_actors_weight_fetches", {}, "Weight fetches of all rollout actors so far"),
+    (r"actors/weight_fetch_timeouts", "accord_actors_weight_fetch_timeouts", {}, "Weight fetches the rollout actors gave up on after a minute, acting on with the weights they had"),
     (r"learner/updates_in_chunk", "accord_learner_chunk_updates", {}, "Updates in the last learner chunk"),
     (r"learner/lr", "accord_learner_learning_rate", {}, "Learning rate"),
     (r"learner/nonfinite_total", "accord_learner_nonfinite_steps", {}, "Steps skipped for a non-finite loss or gradient"),

@@ -31,6 +31,7 @@ import torch
 from ray_support.actor_restart import restarted_by_ray
 from actors.rollout import RolloutWorker
 from actors.transitions import TransitionWorker
+from actors.weight_fetch import WeightFetcher
 
 
 class ServerPolicy:
@@ -100,7 +101,7 @@ class RolloutActor:
         sac = cfg.learner.algorithm == "sac"
         self.inserter = (_ReplayInserter if sac else _QueueInserter)(
             service_names, actor_index, cfg.actors.unrolls_per_insert)
-        self.weight_store = ray.get_actor(weight_store_name)
+        self.weights = WeightFetcher(ray.get_actor(weight_store_name))
         # A fresh id per incarnation lets the driver count restarts.
         self.incarnation = uuid.uuid4().hex
         reseed = int.from_bytes(os.urandom(4), "little") if restarted_by_ray() else 0
@@ -110,15 +111,12 @@ class RolloutActor:
             self.worker = TransitionWorker(cfg, actor_index, spec, reseed)
         else:
             self.worker = RolloutWorker(cfg, actor_index, spec, reseed, infer=self.server_policy)
-        self.weight_fetches = 0
         # The driver publishes before it creates the actors, and a restarted actor finds the
         # newest weights in the store: so the weights are there, and the repr (which Ray reads
         # once the actor has started) names the version this incarnation starts acting with.
-        try:
-            if self.server_policy is None:
-                self._sync_weights(timeout=30)
-        except ray.exceptions.GetTimeoutError:
-            pass  # the loop below waits for them
+        # (Should they not come in time, the loop below waits for them.)
+        if self.server_policy is None:
+            self._sync_weights()
         self.unrolls = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="rollout")
@@ -132,20 +130,18 @@ class RolloutActor:
         acting = "inference on a server" if self.server_policy else f"weights v{self.worker.version}"
         return f"RolloutActor(rollout {self.worker.actor_index}, tasks {', '.join(names)}, {acting})"
 
-    def _sync_weights(self, timeout: float | None) -> bool:
-        reply = ray.get(self.weight_store.latest.remote(self.worker.version), timeout=timeout)
-        if reply is None:
-            return False
-        version, (ref,) = reply
-        self.worker.set_weights(version, ray.get(ref))
-        self.weight_fetches += 1
-        return True
+    def _sync_weights(self) -> bool:
+        """Act with the store's newest weights; False if they are ours, or did not come in time."""
+        newer = self.weights.newer(self.worker.version)
+        if newer is not None:
+            self.worker.set_weights(*newer)
+        return newer is not None
 
     def _loop(self) -> None:
         try:
             # Resync on (re)start: no experience from random weights reaches the learner.
             while (self.server_policy is None and not self._stop.is_set() and self.worker.version < 0
-                   and not self._sync_weights(timeout=None)):
+                   and not self._sync_weights()):
                 time.sleep(0.05)
             pending_insert = []
             while not self._stop.is_set():
@@ -160,7 +156,7 @@ class RolloutActor:
                     if published >= 0:
                         self.server_policy.newest_version = published
                 elif weights_changed(replies, self.worker.version):
-                    self._sync_weights(timeout=None)
+                    self._sync_weights()
                 pending_insert = self.inserter.send(produced, self.worker.task_id)
                 self.unrolls += len(produced) if isinstance(produced, list) else 1
         except Exception:
@@ -182,8 +178,8 @@ class RolloutActor:
     def stats(self) -> dict:
         return {"unrolls": self.unrolls, "steps": self.worker.steps, "version": self.worker.version,
                 "task_id": self.worker.task_id, "incarnation": self.incarnation,
-                "env_errors": self.worker.env_errors, "weight_fetches": self.weight_fetches,
-                "alive": self._thread.is_alive()}
+                "env_errors": self.worker.env_errors, "weight_fetches": self.weights.fetches,
+                "weight_fetch_timeouts": self.weights.timeouts, "alive": self._thread.is_alive()}
 
     def stop(self) -> None:
         self._stop.set()

@@ -182,20 +182,22 @@ def test_an_evaluation_is_collected_only_once_finished(fake_ray):
     assert fake_ray.waits == [(1, 1, 2.5), (1, 1, 0)]
 
 
-def stats(incarnation, steps, env_errors=0, weight_fetches=0):
+def stats(incarnation, steps, env_errors=0, weight_fetches=0, weight_fetch_timeouts=0):
     return {"incarnation": incarnation, "steps": steps, "env_errors": env_errors,
-            "weight_fetches": weight_fetches}
+            "weight_fetches": weight_fetches, "weight_fetch_timeouts": weight_fetch_timeouts}
 
 
 def test_actor_health_counts_restarts_unreachable_actors_and_steps_over_incarnations(fake_ray):
-    a, b, c = Handle(stats=stats("a1", 10)), Handle(stats=stats("b1", 5, 1, 3)), Handle(stats=stats("c1", 7))
+    a, b, c = Handle(stats=stats("a1", 10)), Handle(stats=stats("b1", 5, 1, 3, 2)), Handle(stats=stats("c1", 7))
     health = ActorHealth([a, b, c])
     assert health.metrics() == {"actors/restarts": 0, "actors/unreachable": 0, "actors/env_errors": 0,
-                                "actors/env_steps": 0, "actors/weight_fetches": 0}
+                                "actors/env_steps": 0, "actors/weight_fetches": 0,
+                                "actors/weight_fetch_timeouts": 0}
     health.poll(timeout=3.0)
     assert fake_ray.waits == [(3, 3, 3.0)]
     assert health.metrics() == {"actors/restarts": 0, "actors/unreachable": 0, "actors/env_errors": 1,
-                                "actors/env_steps": 22, "actors/weight_fetches": 3}
+                                "actors/env_steps": 22, "actors/weight_fetches": 3,
+                                "actors/weight_fetch_timeouts": 2}
     # a is dead for good, b restarted (a new incarnation, counters from 0), c does not answer.
     a.replies["stats"] = Ref(error=ray.exceptions.ActorDiedError())
     b.replies["stats"] = stats("b2", 4)
@@ -203,7 +205,8 @@ def test_actor_health_counts_restarts_unreachable_actors_and_steps_over_incarnat
     health.poll()
     assert fake_ray.waits[-1] == (3, 3, 2.0)
     assert health.metrics() == {"actors/restarts": 1, "actors/unreachable": 2, "actors/env_errors": 1,
-                                "actors/env_steps": 10 + 5 + 4 + 7, "actors/weight_fetches": 3}
+                                "actors/env_steps": 10 + 5 + 4 + 7, "actors/weight_fetches": 3,
+                                "actors/weight_fetch_timeouts": 2}
     assert not health.all_unreachable
     b.replies["stats"] = stats("b2", 6)  # the same incarnation again: no restart
     health.poll()
@@ -232,7 +235,8 @@ def test_inference_servers_count_each_restarted_process_once_even_before_the_fir
 
     monkeypatch.setattr(inference_health, "ray", fake_ray)
     assert ActorHealth([]).metrics() == {"actors/restarts": 0, "actors/unreachable": 0, "actors/env_errors": 0,
-                                         "actors/env_steps": 0, "actors/weight_fetches": 0}  # no inference/ keys
+                                         "actors/env_steps": 0, "actors/weight_fetches": 0,
+                                         "actors/weight_fetch_timeouts": 0}  # no inference/ keys
     # Server 0 was restarted before the driver first asked; server 1 is its first process.
     s0, s1 = Handle(stats=server_stats("s0b", restarted=True)), Handle(stats=server_stats("s1a"))
     health = ActorHealth([], servers=[s0, s1])

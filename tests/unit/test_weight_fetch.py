@@ -1,0 +1,64 @@
+"""actors/weight_fetch.py: a rollout actor adopts a newer version, keeps its own when the store
+has nothing newer, and gives up on a fetch that does not come in time (counted) instead of
+waiting for ever."""
+from __future__ import annotations
+
+import pytest
+import ray
+
+from actors.weight_fetch import WeightFetcher
+
+WEIGHTS = {"w": [1.0, 2.0]}
+
+
+class Store:
+    """The weight store's `latest(version)`: None if `version` is the newest, else
+    (newest, [ref]); its call hands back what `get` is then asked for."""
+
+    def __init__(self, newest: int):
+        self.newest = newest
+        self.latest = self
+        self.asked: list[int] = []
+
+    def remote(self, version: int):
+        self.asked.append(version)
+        return ("latest", version)
+
+
+class Get:
+    """`ray.get`: answers a store call or a weights ref; what is listed in `late` never comes."""
+
+    def __init__(self, store: Store, late: set[str] = frozenset()):
+        self.store, self.late = store, late
+        self.timeouts: list[float] = []
+
+    def __call__(self, ref, timeout):
+        self.timeouts.append(timeout)
+        kind = ref[0] if isinstance(ref, tuple) else ref
+        if kind in self.late:
+            raise ray.exceptions.GetTimeoutError(f"{kind} did not come")
+        if kind == "latest":
+            return None if ref[1] == self.store.newest else (self.store.newest, ["weights"])
+        return WEIGHTS
+
+
+def test_a_newer_version_is_adopted_and_counted():
+    store = Store(newest=7)
+    fetcher = WeightFetcher(store, timeout=5.0, get=Get(store))
+    assert fetcher.newer(3) == (7, WEIGHTS)
+    assert (fetcher.fetches, fetcher.timeouts) == (1, 0)
+    assert fetcher.newer(7) is None  # ours is the newest: nothing fetched
+    assert (fetcher.fetches, fetcher.timeouts, store.asked) == (1, 0, [3, 7])
+
+
+@pytest.mark.parametrize("late", ["latest", "weights"])
+def test_a_fetch_that_does_not_come_in_time_is_given_up_and_counted(late):
+    store = Store(newest=7)
+    get = Get(store, late={late})
+    fetcher = WeightFetcher(store, timeout=5.0, get=get)
+    assert fetcher.newer(3) is None
+    assert (fetcher.fetches, fetcher.timeouts) == (0, 1)
+    assert get.timeouts and set(get.timeouts) == {5.0}  # every wait is bounded
+    get.late = set()
+    assert fetcher.newer(3) == (7, WEIGHTS)  # asked again later, it comes
+    assert (fetcher.fetches, fetcher.timeouts) == (1, 1)
