@@ -176,8 +176,17 @@ class RayRoles:
                     raise LearnerGone(f"not back after {timeout:.0f} s ({_first_line(exc)})") from None
                 time.sleep(0.5)
                 continue
-            # None: the same process answers again (it was unreachable, not dead); go on as is.
-            return recovered or {"checkpoint": None, **self.counters()}
+            if recovered:
+                return recovered
+            # None: the process we had answered (it was unreachable, not dead; or, asked right
+            # after a kill, it answered before it died): go on as is if it still answers,
+            # else wait on for the one Ray starts in its place.
+            try:
+                return {"checkpoint": None, **self.counters()}
+            except LearnerLost as exc:
+                if time.monotonic() >= deadline:
+                    raise LearnerGone(f"not back after {timeout:.0f} s ({exc})") from None
+                time.sleep(0.5)
 
     def service_stats(self) -> dict:
         try:

@@ -144,6 +144,13 @@ def test_a_restarted_learner_is_waited_for_while_unreachable_and_says_what_it_re
     roles = RayRoles(Handle(recovery=None, counters={"updates": 9, "frames": 90}), [], [])
     assert roles.restarted_learner() == {"checkpoint": None, "updates": 9, "frames": 90}
     assert fake_ray.get_timeouts[-2] == loop_module.LEARNER_RESTART_SECONDS
+    # Asked right after a kill, the dying process answers, then is gone: its successor is
+    # waited for, and what it restored is returned.
+    clock.sleeps.clear()
+    dying = Handle(recovery=[None, restored],
+                   counters=Ref(error=ray.exceptions.ActorUnavailableError("restarting", None)))
+    assert RayRoles(dying, [], []).restarted_learner(timeout=30) == restored
+    assert clock.sleeps == [0.5]
 
 
 def test_a_learner_not_back_in_time_or_dead_for_good_is_gone(fake_ray, monkeypatch):
@@ -152,6 +159,11 @@ def test_a_learner_not_back_in_time_or_dead_for_good_is_gone(fake_ray, monkeypat
     with pytest.raises(LearnerGone, match=r"^not back after 3 s \(still waiting\)$"):
         RayRoles(never, [], []).restarted_learner(timeout=3)
     assert clock.sleeps == [0.5] * 6 and fake_ray.get_timeouts[-1] == 1.0  # at least a second each
+    clock.sleeps.clear()
+    lost = Handle(recovery=[None] * 100, counters=Ref(error=ray.exceptions.ActorUnavailableError("gone", None)))
+    with pytest.raises(LearnerGone, match=r"^not back after 3 s \(.*gone"):
+        RayRoles(lost, [], []).restarted_learner(timeout=3)
+    assert clock.sleeps == [0.5] * 6
     dead = Handle(recovery=Ref(error=ray.exceptions.ActorDiedError()))
     with pytest.raises(LearnerGone, match=f"^{DIED}$") as raised:
         RayRoles(dead, [], []).restarted_learner()
