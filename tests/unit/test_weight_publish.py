@@ -67,22 +67,33 @@ def test_the_thread_publishes_each_snapshot_with_the_version_it_was_taken_at():
     assert publisher.bytes_per_publish == 16 and publisher.publishes == 1
     assert publisher.submit(2, algorithm) and publisher.flush(30)
     assert published[-1] == (2, [2.0] * 4)
+    assert publisher.published_version == 2 and publisher.publishes == 2
     publisher.close()
 
 
 def test_a_failed_publish_reaches_the_loop_and_a_timed_out_one_is_counted():
-    errors = iter([TimeoutError("store slow"), RuntimeError("weight store died")])
+    errors = iter([TimeoutError("store slow"), TimeoutError("still slow"), RuntimeError("weight store died")])
 
     def publish(version, weights):
         raise next(errors)
 
     algorithm, publisher = TensorAlgorithm(), BackgroundPublisher(publish)
     assert publisher.submit(1, algorithm) and publisher.flush(30)
-    assert publisher.timeouts == 1 and publisher.published_version == -1
-    assert publisher.submit(2, algorithm)
+    assert publisher.submit(2, algorithm) and publisher.flush(30)
+    assert publisher.timeouts == 2 and publisher.published_version == -1 and publisher.publishes == 0
+    assert publisher.submit(3, algorithm)
     with pytest.raises(RuntimeError, match="died"):
         publisher.flush(30)
+    assert publisher.published_version == -1 and publisher.publishes == 0  # nothing was published
+    assert publisher.bytes_per_publish == 0
     publisher.close()
+
+
+@pytest.mark.parametrize("args, message", [((0,), "publish_every must be >= 1, got 0"),
+                                           ((1, -0.5), "publish_seconds must be >= 0, got -0.5")])
+def test_a_cadence_out_of_range_is_refused_with_the_value(args, message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        PublishCadence(*args)
 
 
 def test_cadence_needs_both_the_updates_and_the_seconds():
