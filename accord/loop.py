@@ -169,23 +169,17 @@ class RayRoles:
         while True:
             try:
                 recovered = ray.get(self.learner.recovery.remote(), timeout=max(deadline - time.monotonic(), 1.0))
+                if recovered:
+                    return recovered
+                # None: the process we had answered (it was unreachable, not dead; or, asked
+                # right after a kill, it answered before it died): go on as is if it still
+                # answers (LearnerLost: it does not; wait on for the one Ray starts in its place).
+                return {"checkpoint": None, **self.counters()}
             except ray.exceptions.ActorDiedError as exc:
                 raise LearnerGone(_first_line(exc)) from None
-            except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError) as exc:
+            except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError, LearnerLost) as exc:
                 if time.monotonic() >= deadline:
                     raise LearnerGone(f"not back after {timeout:.0f} s ({_first_line(exc)})") from None
-                time.sleep(0.5)
-                continue
-            if recovered:
-                return recovered
-            # None: the process we had answered (it was unreachable, not dead; or, asked right
-            # after a kill, it answered before it died): go on as is if it still answers,
-            # else wait on for the one Ray starts in its place.
-            try:
-                return {"checkpoint": None, **self.counters()}
-            except LearnerLost as exc:
-                if time.monotonic() >= deadline:
-                    raise LearnerGone(f"not back after {timeout:.0f} s ({exc})") from None
                 time.sleep(0.5)
 
     def service_stats(self) -> dict:

@@ -14,7 +14,6 @@ node a fixed 30 s to register, which three at once missed on a machine already l
 """
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -26,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.support.training_runs import cli_env
 
 pytestmark = pytest.mark.integration
 
@@ -78,17 +79,10 @@ class Outcome:
         return self.stdout + self.stderr
 
 
-def _env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # an embedded Ray each
-    # Ray's workers import the code of this checkout, as the driver does.
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    return env
-
-
 def _accord(tmp: Path, argv: tuple[str, ...]) -> Outcome:
     argv = tuple(a.replace("{tmp}", str(tmp)) for a in argv)
     try:
-        proc = subprocess.run([sys.executable, "-m", "accord.cli", *argv], cwd=REPO, env=_env(),
+        proc = subprocess.run([sys.executable, "-m", "accord.cli", *argv], cwd=REPO, env=cli_env(),
                               capture_output=True, text=True, timeout=TIMEOUT)
     except subprocess.TimeoutExpired as exc:  # this command fails, the others still report
         return Outcome(-1, str(exc.stdout or ""), f"timed out after {TIMEOUT} s: {exc.stderr!r}")
@@ -196,7 +190,7 @@ def test_monitor_serves_prometheus_until_ctrl_c(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "accord.cli", "monitor", f"--port={port}", f"--data-dir={tmp_path / 'prom'}",
          f"--sd-file={tmp_path / 'sd.json'}"],
-        cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         # as a shell starts a background job: SIGINT ignored, which Ctrl-C must still override
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
