@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from learner.publish import BackgroundPublisher, HostSnapshot, PublishCadence
+from learner.publish import BackgroundPublisher, HostSnapshot, PublishCadence, SyncPublisher
 from learner.worker import LATE_SLACK_SECONDS, LearnerWorker
 from tests.unit.test_learner_worker import CountingAlgorithm, FakeClock, ScriptedSource, batch
 
@@ -209,3 +209,162 @@ def test_cuda_snapshot_is_ordered_between_the_update_before_and_the_one_after():
     assert float(host.min()) == float(host.max()) == 1.0
     torch.cuda.synchronize()
     assert float(w[0]) == 2.0
+
+
+class FakeCudaRuntime:
+    """Stands in for `torch.cuda` (and `torch.empty`'s pinned allocation) on a machine without
+    CUDA: every stream operation the snapshot asks for is written to `log`, in order, so the
+    ordering the CUDA branch promises can be read back without a device."""
+
+    def __init__(self):
+        self.log: list[tuple] = []
+        self.update = FakeStream("update", self)
+        self.current: FakeStream | None = self.update
+
+    def current_stream(self, device):
+        self.log.append(("current_stream", device))
+        return self.update
+
+    def Stream(self, device):  # noqa: N802 - torch.cuda's name
+        self.log.append(("new_stream", device))
+        return FakeStream("side", self)
+
+    def Event(self):  # noqa: N802 - torch.cuda's name
+        self.log.append(("new_event",))
+        return FakeEvent(self)
+
+    def stream(self, stream):
+        runtime = self
+
+        class Context:
+            def __enter__(self):
+                runtime.current = stream
+
+            def __exit__(self, *exc):
+                runtime.current = runtime.update
+
+        return Context()
+
+    def empty(self, shape, *, dtype=None, pin_memory=False):
+        self.log.append(("empty", tuple(shape), dtype, pin_memory))
+        return FakeHostBuffer(torch.zeros(shape, dtype=dtype), self)
+
+
+class FakeStream:
+    def __init__(self, name, runtime):
+        self.name, self.runtime = name, runtime
+
+    def wait_stream(self, other):
+        self.runtime.log.append((self.name, "waits_for_stream", getattr(other, "name", other)))
+
+    def wait_event(self, event):
+        self.runtime.log.append((self.name, "waits_for_event", getattr(event, "name", event)))
+
+
+class FakeEvent:
+    name = "copied"
+
+    def __init__(self, runtime):
+        self.runtime = runtime
+
+    def record(self, stream):
+        self.runtime.log.append(("record", getattr(stream, "name", stream)))
+
+    def synchronize(self):
+        self.runtime.log.append(("synchronize",))
+
+
+class FakeHostBuffer:
+    def __init__(self, tensor, runtime):
+        self.tensor, self.runtime = tensor, runtime
+
+    def copy_(self, source, non_blocking=False):
+        self.tensor.copy_(source)
+        stream = self.runtime.current
+        self.runtime.log.append(("copy", stream.name if stream else None, non_blocking))
+
+    def numpy(self):
+        return self.tensor.numpy()
+
+
+class FakeCudaTensor:
+    """A device tensor as the snapshot sees it: `is_cuda`, a device, a shape, a dtype."""
+    is_cuda, device = True, "cuda:0"
+
+    def __init__(self, values):
+        self.values, self.shape, self.dtype = values, values.shape, values.dtype
+
+    def detach(self):
+        return self.values
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    runtime = FakeCudaRuntime()
+    for name in ("current_stream", "Stream", "Event", "stream"):
+        monkeypatch.setattr(torch.cuda, name, getattr(runtime, name))
+    monkeypatch.setattr(torch, "empty", runtime.empty)
+    return runtime
+
+
+def test_a_cuda_snapshot_copies_on_a_side_stream_ordered_after_the_update_and_before_the_next(fake_cuda):
+    """The CUDA branch's protocol, without a device: pinned buffers of the weights' shape and
+    dtype; the side stream (made once) waits for the update's stream, copies without blocking
+    the host, records its event; the update's stream waits for that event; `wait` synchronizes
+    on it before the arrays are read. (`test_cuda_snapshot_is_ordered_...` runs the real one.)"""
+    snapshot = HostSnapshot()
+    snapshot.start({"w": FakeCudaTensor(torch.arange(3, dtype=torch.float64))})
+    assert fake_cuda.log == [
+        ("empty", (3,), torch.float64, True),
+        ("current_stream", "cuda:0"),
+        ("new_stream", "cuda:0"),
+        ("new_event",),
+        ("side", "waits_for_stream", "update"),
+        ("copy", "side", True),
+        ("record", "side"),
+        ("update", "waits_for_event", "copied"),
+    ]
+    fake_cuda.log.clear()
+    assert snapshot.wait()["w"].tolist() == [0.0, 1.0, 2.0]
+    assert fake_cuda.log == [("synchronize",)]
+    fake_cuda.log.clear()
+    snapshot.start({"w": FakeCudaTensor(torch.ones(3, dtype=torch.float64))})   # the stream, the event and the buffers are reused
+    assert fake_cuda.log == [
+        ("current_stream", "cuda:0"),
+        ("side", "waits_for_stream", "update"),
+        ("copy", "side", True),
+        ("record", "side"),
+        ("update", "waits_for_event", "copied"),
+    ]
+    assert snapshot.wait()["w"].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_the_sync_publisher_publishes_the_weights_in_the_callers_thread():
+    published = []
+    publisher = SyncPublisher(lambda version, weights: published.append((version, weights)))
+    algorithm = TensorAlgorithm()
+    algorithm.actor_weights = lambda: {"w": np.ones(2, dtype=np.float32)}
+    assert publisher.submit(3, algorithm) and not publisher.busy
+    assert [(v, w["w"].tolist()) for v, w in published] == [(3, [1.0, 1.0])]
+    assert publisher.published_version == 3 and publisher.bytes_per_publish == 8
+    assert publisher.flush(0.0) is True
+
+
+def test_the_publisher_thread_is_a_named_daemon_and_ends_on_close():
+    """Named, for a stack dump of the learner; a daemon, so a learner that exits mid-publish
+    is not held by it; `close` ends it."""
+    publisher = BackgroundPublisher(lambda version, weights: None)
+    assert publisher._thread.name == "weight-publisher" and publisher._thread.daemon
+    publisher.close()
+    publisher._thread.join(30)
+    assert not publisher._thread.is_alive()
+
+
+def test_flush_gives_up_after_its_timeout_while_a_publish_hangs():
+    release = threading.Event()
+    publisher = BackgroundPublisher(lambda version, weights: release.wait(30))
+    assert publisher.submit(1, TensorAlgorithm())
+    assert publisher.flush(0.05) is False and publisher.busy
+    release.set()
+    assert publisher.flush(30) is True
+    publisher.close()
