@@ -320,6 +320,11 @@ class RunConfig(_Section):
     progress: bool = Field(True, description="Live progress display on the console.")
     eval_every: int = Field(0, ge=0, description="Updates between evaluations of the deterministic policy (success rate and return per task); 0: never.")
     eval_episodes: int = Field(5, ge=1, description="Episodes per task in each periodic evaluation.")
+    dashboard: bool = Field(
+        True, description="Start the embedded Ray's dashboard (on 127.0.0.1). false: Ray starts "
+                          "without its dashboard processes, several seconds sooner on a small "
+                          "machine where nobody watches (a scripted sweep, CI). A joined "
+                          "cluster's dashboard is `ray start`'s.")
     prometheus_host: str | None = Field(
         "http://127.0.0.1:9090", description="Prometheus the embedded Ray's dashboard queries for "
                                              "its Metrics tab (RAY_PROMETHEUS_HOST; `accord monitor` "

@@ -77,13 +77,13 @@ EMBEDDED_SYSTEM_CONFIG = {"worker_niceness": 0}
 
 
 def init_ray(address: str | None, num_actors: int = 1, prometheus_host: str | None = None,
-             grafana_host: str | None = None) -> bool:
+             grafana_host: str | None = None, dashboard: bool = True) -> bool:
     """Join a cluster (address or RAY_ADDRESS) or start an embedded local one. True if we started it.
 
     The embedded Ray gets at least one CPU slot per rollout actor plus the learner, so a laptop
     run with more actors than cores oversubscribes instead of leaving actors unscheduled. Its
-    dashboard reads RAY_PROMETHEUS_HOST / RAY_GRAFANA_HOST from the environment it starts in;
-    a cluster's dashboard has them from `ray start` (deploy/cluster.yaml)."""
+    dashboard (`dashboard=False`: none) reads RAY_PROMETHEUS_HOST / RAY_GRAFANA_HOST from the
+    environment it starts in; a cluster's dashboard has them from `ray start` (deploy/cluster.yaml)."""
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
@@ -92,7 +92,7 @@ def init_ray(address: str | None, num_actors: int = 1, prometheus_host: str | No
         return False
     # Embedded: dashboard only on loopback, no cluster, no Redis, no GPU needed.
     os.environ.update(monitoring_env(prometheus_host, grafana_host))
-    ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True,
+    ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1", log_to_driver=True,
              configure_logging=False, num_cpus=max(os.cpu_count() or 1, num_actors + 1),
              _system_config=EMBEDDED_SYSTEM_CONFIG)
     return True
@@ -175,7 +175,7 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, address: str | None = None,
         # terminal stops the driver alone, which then stops them in order.
         previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)
         started_ray = init_ray(address, cfg.actors.num_actors, cfg.run.prometheus_host,
-                               cfg.run.grafana_host)
+                               cfg.run.grafana_host, cfg.run.dashboard)
         check_resources(cfg, ray.cluster_resources())
         check_placement(cfg, ray.nodes())
         (run_dir / "config.yaml").write_text(to_yaml(cfg))

@@ -40,6 +40,13 @@ WARMUP_SECONDS = 10.0  # or the measured seconds where fewer: a short smoke run 
 
 def warmup_seconds(seconds: float) -> float:
     return min(WARMUP_SECONDS, seconds)
+
+
+# RLlib IMPALA's `train()` returns after at least `min_time_s_per_iteration` seconds, 10 by
+# default: a shorter measured window gets iterations no longer than itself, and the CartPole
+# clock one-second iterations (at 10 s, a time to 150 could only read 10, 20, 30, ... s).
+RLLIB_IMPALA_ITERATION_SECONDS = 10.0
+CARTPOLE_ITERATION_SECONDS = 1.0
 NATURE_CNN = [[32, [8, 8], 4], [64, [4, 4], 2], [64, [3, 3], 1]]
 
 
@@ -104,6 +111,7 @@ def rllib_breakout_fps(cfg, seconds: float, gpu: bool) -> float:
         .learners(num_learners=0, num_gpus_per_learner=1 if gpu else 0)
         .training(train_batch_size_per_learner=cfg.learner.batch_size * unroll,
                   lr=cfg.learner.lr, entropy_coeff=cfg.learner.entropy_coef, grad_clip=40.0)
+        .reporting(min_time_s_per_iteration=min(RLLIB_IMPALA_ITERATION_SECONDS, seconds))
         .rl_module(model_config=DefaultModelConfig(conv_filters=NATURE_CNN,
                                                    conv_activation="relu",
                                                    head_fcnet_hiddens=[512]))
@@ -131,7 +139,8 @@ def accord_cartpole_seconds(config: Path, limit: float, overrides: list[str]) ->
         cmd = [str(Path(sys.executable).parent / "accord"), "train", str(config),
                "--set", f"run.root={root}", "--set", f"run.stop_return={TARGET}",
                "--set", f"run.max_seconds={limit}", "--set", "run.total_frames=100000000",
-               "--set", "run.progress=false"]
+               # no dashboard, as RLlib's Ray here: its start-up is not measured, only waited for
+               "--set", "run.progress=false", "--set", "run.dashboard=false"]
         for item in overrides:
             cmd += ["--set", item]
         start = time.monotonic()
@@ -163,6 +172,7 @@ def rllib_cartpole_config(algo: str, num_runners: int, envs: int, unroll: int):
         config = IMPALAConfig().training(train_batch_size_per_learner=500, grad_clip=40.0,
                                          grad_clip_by="global_norm", lr=0.0005,
                                          vf_loss_coeff=0.05, entropy_coeff=0.0)
+        config = config.reporting(min_time_s_per_iteration=CARTPOLE_ITERATION_SECONDS)
         model = DefaultModelConfig(vf_share_layers=True)
     else:
         from ray.rllib.algorithms.ppo import PPOConfig

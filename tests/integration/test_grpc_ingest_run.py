@@ -56,7 +56,7 @@ def _wait_for(predicate, timeout: float, what: str, driver: subprocess.Popen):
 def test_a_producer_outside_ray_feeds_two_tasks_into_a_running_sac_run(tmp_path):
     sets = ["replay.grpc.port=0", "actors.num_actors=0", f"env.tasks=[{','.join(TASKS)}]",
             f"run.root={tmp_path}", "run.total_frames=100000000", "run.log_every=1",
-            "run.eval_every=0", "run.progress=false", "learner.sac.hidden=[32,32]",
+            "run.eval_every=0", "run.progress=false", "run.dashboard=false", "learner.sac.hidden=[32,32]",
             "learner.sac.batch_per_task=16", "replay.samples_per_insert=4", "replay.learning_starts=100"]
     driver = subprocess.Popen([ACCORD, "train", "configs/point_goal_sac.yaml",
                                *[a for s in sets for a in ("--set", s)]],

@@ -32,7 +32,8 @@ def test_ctrl_c_checkpoints_and_resume_continues(tmp_path):
     env = {**os.environ, "RAY_ADDRESS": ""}
     env.pop("RAY_ADDRESS")
     overrides = ["--set", f"run.root={tmp_path}", "--set", "run.total_frames=100000000",
-                 "--set", "run.log_every=1", "--set", "run.checkpoint_every=1000"]
+                 "--set", "run.log_every=1", "--set", "run.checkpoint_every=1000",
+                 "--set", "run.dashboard=false"]  # nothing here looks at the dashboard
     proc = subprocess.Popen([ACCORD, "train", "configs/smoke.yaml", *overrides], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)

@@ -31,7 +31,8 @@ def test_resumed_sac_run_restarts_with_its_replay(tmp_path):
     env.pop("RAY_ADDRESS", None)
     overrides = ["--set", "replay.backend=redis", "--set", f"run.root={tmp_path}",
                  "--set", "run.total_frames=100000000", "--set", "run.log_every=0.5",
-                 "--set", "run.eval_every=0", "--set", "replay.learning_starts=100"]
+                 "--set", "run.eval_every=0", "--set", "replay.learning_starts=100",
+                 "--set", "run.dashboard=false"]  # nothing here looks at the dashboard
     proc = subprocess.Popen([ACCORD, "train", "configs/pendulum_sac.yaml", *overrides], cwd=REPO,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)

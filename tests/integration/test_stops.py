@@ -28,7 +28,8 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 ACCORD = str(Path(sys.executable).parent / "accord")
-BASE = ["--set", "run.total_frames=100000000", "--set", "run.log_every=1"]
+# No dashboard: nothing here looks at it, and it costs each start several seconds on 2 cores.
+BASE = ["--set", "run.total_frames=100000000", "--set", "run.log_every=1", "--set", "run.dashboard=false"]
 
 
 def _env() -> dict:

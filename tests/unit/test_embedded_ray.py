@@ -31,3 +31,29 @@ def test_a_joined_cluster_keeps_its_own_settings(ray_init_calls):
     (kwargs,) = ray_init_calls
     assert kwargs["address"] == "127.0.0.1:6379"
     assert "_system_config" not in kwargs
+
+
+def test_the_embedded_dashboard_is_on_by_default_on_loopback_and_can_be_left_out(ray_init_calls):
+    driver.init_ray(None)
+    driver.init_ray(None, dashboard=False)
+    first, second = ray_init_calls
+    assert first["include_dashboard"] is True and first["dashboard_host"] == "127.0.0.1"
+    assert second["include_dashboard"] is False
+
+
+def test_run_dashboard_reaches_init_ray(monkeypatch, tmp_path):
+    """`--set run.dashboard=false` is what the driver hands to `init_ray` (the call stops there)."""
+    from accord.config import load_config
+
+    seen = []
+
+    def init_ray(address, num_actors, prometheus_host, grafana_host, dashboard):
+        seen.append(dashboard)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(driver, "init_ray", init_ray)
+    for value in ("true", "false"):
+        cfg = load_config("configs/cartpole.yaml", [f"run.dashboard={value}"])
+        with pytest.raises(KeyboardInterrupt):
+            driver.train(cfg, tmp_path / value)
+    assert seen == [True, False]
