@@ -105,6 +105,12 @@ def test_cadence_needs_both_the_updates_and_the_seconds():
     assert cadence.due(4, now=4.0, ignore_seconds=True) and cadence.due(4, now=5.0)
 
 
+def test_a_cadence_in_updates_alone_is_due_at_the_same_instant():
+    cadence = PublishCadence(every_updates=2)   # no seconds asked for: updates alone decide
+    cadence.mark(2, now=100.0)
+    assert not cadence.due(3, now=100.0) and cadence.due(4, now=100.0)
+
+
 def test_the_loop_publishes_on_the_seconds_cadence_and_at_the_chunk_end():
     clock = FakeClock(tick=0.25)
     published = []
