@@ -249,7 +249,7 @@ def test_the_dashboard_jobs_page_lists_both_jobs(cluster):
             context.add_cookies([{"name": "ray-authentication-token", "value": cluster["token"],
                                   "url": dashboard}])
             page = context.new_page()
-            page.goto(f"{dashboard}/#/jobs")
+            page.goto(f"{dashboard}/#/jobs", timeout=120_000)  # a loaded head answers slowly
             for submission_id in JOBS:
                 page.get_by_text(submission_id, exact=True).first.wait_for(timeout=60_000)
             page.screenshot(path=str(cluster["tmp"] / "ray-dashboard-jobs.png"))

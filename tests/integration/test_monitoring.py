@@ -42,6 +42,9 @@ CHROMIUM = "/usr/bin/chromium"
 # The runs train until the test has seen what it checks, then get SIGTERM (accord's clean
 # stop: checkpoint, exit 0), so a slow machine makes the test slower, never wrong.
 STARTUP_TIMEOUT = 300
+# A page load and what it waits for: the dashboard and Prometheus answer slowly while the four
+# runs start on 2 cores (a Page.goto once took over Playwright's default 30 s).
+PAGE_TIMEOUT_MS = STARTUP_TIMEOUT * 1000
 
 _GRIDWORLD = {
     "env": {"kind": "gridworld", "tasks": ["world-3-main"], "envs_per_actor": 8},
@@ -199,8 +202,8 @@ def test_actors_page_lists_the_named_actors_with_their_reprs(stack):
         context.add_cookies([{"name": "ray-authentication-token", "value": stack["token"],
                               "url": stack["dashboard"]}])
         page = context.new_page()
-        page.goto(f"{stack['dashboard']}/#/actors")
-        page.get_by_text(expected[0], exact=True).first.wait_for(timeout=60_000)
+        page.goto(f"{stack['dashboard']}/#/actors", timeout=PAGE_TIMEOUT_MS)
+        page.get_by_text(expected[0], exact=True).first.wait_for(timeout=PAGE_TIMEOUT_MS)
         page.screenshot(path=str(_screenshots_dir(stack) / "ray-dashboard-actors.png"))
         text = page.inner_text("body")
         for name in expected:
@@ -290,10 +293,10 @@ def test_prometheus_graph_page_plots_frames_per_second(stack):
     manager, browser = _browser()
     try:
         page = browser.new_page(viewport={"width": 1300, "height": 800})
-        page.goto(url)
+        page.goto(url, timeout=PAGE_TIMEOUT_MS)
         # Debian's Prometheus serves the classic UI: a rickshaw graph with one legend line per series.
         legend = page.locator(".rickshaw_legend .line")
-        legend.first.wait_for(timeout=30_000)
+        legend.first.wait_for(timeout=PAGE_TIMEOUT_MS)
         page.screenshot(path=str(_screenshots_dir(stack) / "prometheus-frames-per-second.png"))
         assert legend.count() >= 1
         assert "ray_accord_frames_per_second" in page.inner_text(".rickshaw_legend")
