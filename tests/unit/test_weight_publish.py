@@ -4,6 +4,7 @@ publish due while one is in flight waits for the next boundary, a failure reache
 timeout is counted; the cadence in updates and seconds; a chunk that overran is counted late."""
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import numpy as np
@@ -239,17 +240,13 @@ class FakeCudaRuntime:
         self.log.append(("new_event",))
         return FakeEvent(self)
 
+    @contextlib.contextmanager
     def stream(self, stream):
-        runtime = self
-
-        class Context:
-            def __enter__(self):
-                runtime.current = stream
-
-            def __exit__(self, *exc):
-                runtime.current = runtime.update
-
-        return Context()
+        self.current = stream
+        try:
+            yield
+        finally:
+            self.current = self.update
 
     def empty(self, shape, *, dtype=None, pin_memory=False):
         self.log.append(("empty", tuple(shape), dtype, pin_memory))
