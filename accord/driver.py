@@ -319,23 +319,36 @@ def start_topology(cfg: ExperimentConfig, run_id: str, checkpoint: str | None = 
         name=actor_name(run_id, "learner"), num_gpus=learner_gpus, num_cpus=1,
         max_restarts=cfg.learner.max_restarts if run_dir is not None else 0, max_task_retries=0,
         **placement_options(cfg.placement.learner)).remote(cfg, spec, service_names, weights_name, None if run_dir is None else str(run_dir))
+    # With local inference the rollout actors start (a process, torch, their envs) while the
+    # learner does: their loop acts only once the learner has published, so no experience
+    # from unpublished weights is produced. Served actors need their servers, which need the
+    # published weights, so they start after them.
+    served = cfg.actors.inference == "server"
+    actors = [] if served else start_rollout_actors(cfg, run_id, spec, service_names, weights_name, [])
     if checkpoint is not None:
         frames = ray.get(learner.load.remote(checkpoint))["frames"]
         if cfg.learner.algorithm == "sac":  # its frames are the replay's inserts: count on
             ray.get(service[0].count_earlier_inserts.remote(frames))
-    # Actors wait for these weights, so no experience from unpublished weights is produced.
     ray.get(learner.publish.remote())
     inference, inference_names = start_inference(cfg, spec, run_id, weights_name, server_gpus)
-    actors = [
+    if served:
+        actors = start_rollout_actors(cfg, run_id, spec, service_names, weights_name, inference_names)
+    evaluator = (EvaluatorActor.options(name=actor_name(run_id, "evaluator"), **service_nodes).remote(
+        cfg, spec, weights_name) if cfg.run.eval_every else None)
+    return Topology(service, weight_store, learner, actors, spec, evaluator, inference)
+
+
+def start_rollout_actors(cfg: ExperimentConfig, run_id: str, spec: EnvSpec, service_names: list[str],
+                         weights_name: str, inference_names: list[str]) -> list:
+    """`actors.num_actors` rollout actors; each acts through its inference server where there are
+    `inference_names`, with its own copy of the policy otherwise."""
+    return [
         RolloutActor.options(name=actor_name(run_id, "rollout", i),
                              max_restarts=cfg.actors.max_restarts, max_task_retries=0,
                              **placement_options(cfg.placement.rollout)).remote(
             cfg, i, spec, service_names, weights_name,
             inference_names[server_of(i, len(inference_names))] if inference_names else None)
         for i in range(cfg.actors.num_actors)]
-    evaluator = (EvaluatorActor.options(name=actor_name(run_id, "evaluator"), **service_nodes).remote(
-        cfg, spec, weights_name) if cfg.run.eval_every else None)
-    return Topology(service, weight_store, learner, actors, spec, evaluator, inference)
 
 
 def start_inference(cfg: ExperimentConfig, spec: EnvSpec, run_id: str, weights_name: str,

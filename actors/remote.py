@@ -31,7 +31,12 @@ import torch
 from ray_support.actor_restart import restarted_by_ray
 from actors.rollout import RolloutWorker
 from actors.transitions import TransitionWorker
-from actors.weight_fetch import WeightFetcher
+from actors.weight_fetch import POLL_SECONDS, WeightFetcher
+
+
+# A learner's start until its first publish (its process, torch, its model; on a GPU, CUDA's
+# context; a checkpoint to load): seconds, seldom a minute.
+FIRST_WEIGHTS_SECONDS = 120.0
 
 
 class ServerPolicy:
@@ -111,12 +116,15 @@ class RolloutActor:
             self.worker = TransitionWorker(cfg, actor_index, spec, reseed)
         else:
             self.worker = RolloutWorker(cfg, actor_index, spec, reseed, infer=self.server_policy)
-        # The driver publishes before it creates the actors, and a restarted actor finds the
-        # newest weights in the store: so the weights are there, and the repr (which Ray reads
-        # once the actor has started) names the version this incarnation starts acting with.
-        # (Should they not come in time, the loop below waits for them.)
+        # The repr, which Ray reads once the actor has started, names the version this
+        # incarnation starts acting with; so the constructor waits for the learner's first
+        # publish (the driver starts the actors while the learner starts; a restarted actor
+        # finds the newest weights in the store at once). Should none come in time, the loop
+        # below waits on.
         if self.server_policy is None:
-            self._sync_weights()
+            first = self.weights.first(FIRST_WEIGHTS_SECONDS)
+            if first is not None:
+                self.worker.set_weights(*first)
         self.unrolls = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="rollout")
@@ -142,7 +150,7 @@ class RolloutActor:
             # Resync on (re)start: no experience from random weights reaches the learner.
             while (self.server_policy is None and not self._stop.is_set() and self.worker.version < 0
                    and not self._sync_weights()):
-                time.sleep(0.05)
+                time.sleep(POLL_SECONDS)
             pending_insert = []
             while not self._stop.is_set():
                 produced = self.inserter.produce(self.worker)

@@ -4,10 +4,14 @@ leaves the actor acting on the weights it has (its unrolls name their version, s
 corrects for the lag) and is counted, and the next newer version heard of is asked for again."""
 from __future__ import annotations
 
+import time
+
 import ray
 
 # Generous: one fetch of a 6.7 MB CNN from a store serving 200 actors takes well under a second.
 FETCH_TIMEOUT_SECONDS = 60.0
+# How often an actor with no weights yet asks the store again.
+POLL_SECONDS = 0.05
 
 
 class WeightFetcher:
@@ -34,3 +38,13 @@ class WeightFetcher:
             return None
         self.fetches += 1
         return newest, weights
+
+    def first(self, seconds: float, poll: float = POLL_SECONDS) -> tuple[int, dict] | None:
+        """The store's newest `(version, weights)`, waiting up to `seconds` for the learner's
+        first publish (an actor may start before it); None if there are none by then."""
+        deadline = time.monotonic() + seconds
+        while True:
+            found = self.newer(-1)
+            if found is not None or time.monotonic() >= deadline:
+                return found
+            time.sleep(poll)

@@ -39,7 +39,9 @@ def topology(local_ray, request):
 
 
 def test_unrolls_reach_the_learner_and_weight_versions_advance(topology):
+    # The actors started while the learner did; each began with its first publish (version 0).
     versions_before = [ray.get(a.stats.remote())["version"] for a in topology.actors]
+    assert versions_before == [0, 0]
     chunk = ray.get(topology.learner.train.remote(max_updates=6, max_seconds=120))
     counters = chunk["counters"]
     assert counters["updates"] == 6

@@ -62,3 +62,30 @@ def test_a_fetch_that_does_not_come_in_time_is_given_up_and_counted(late):
     get.late = set()
     assert fetcher.newer(3) == (7, WEIGHTS)  # asked again later, it comes
     assert (fetcher.fetches, fetcher.timeouts) == (1, 1)
+
+
+class PublishingStore(Store):
+    """A store the learner publishes version 0 to after `publish_after` asks."""
+
+    def __init__(self, publish_after: int):
+        super().__init__(newest=-1)  # nothing published: `latest(-1)` answers None
+        self.publish_after = publish_after
+
+    def remote(self, version: int):
+        if len(self.asked) == self.publish_after:
+            self.newest = 0
+        return super().remote(version)
+
+
+def test_first_waits_for_the_learner_s_first_publish():
+    store = PublishingStore(publish_after=3)
+    fetcher = WeightFetcher(store, timeout=5.0, get=Get(store))
+    assert fetcher.first(seconds=30.0, poll=0.001) == (0, WEIGHTS)
+    assert store.asked == [-1, -1, -1, -1]
+
+
+def test_first_gives_up_at_its_deadline_when_nothing_is_published():
+    store = Store(newest=-1)
+    fetcher = WeightFetcher(store, timeout=5.0, get=Get(store))
+    assert fetcher.first(seconds=0.05, poll=0.001) is None
+    assert len(store.asked) > 1 and fetcher.fetches == 0
