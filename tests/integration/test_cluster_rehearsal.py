@@ -252,7 +252,7 @@ def test_the_dashboard_jobs_page_lists_both_jobs(cluster):
             page.goto(f"{dashboard}/#/jobs", timeout=120_000)  # a loaded head answers slowly
             for submission_id in JOBS:
                 page.get_by_text(submission_id, exact=True).first.wait_for(timeout=60_000)
-            page.screenshot(path=str(cluster["tmp"] / "ray-dashboard-jobs.png"))
+            page.screenshot(path=str(cluster["tmp"] / "ray-dashboard-jobs.png"), timeout=120_000)
             text = page.inner_text("body")
         finally:
             browser.close()

@@ -204,7 +204,7 @@ def test_actors_page_lists_the_named_actors_with_their_reprs(stack):
         page = context.new_page()
         page.goto(f"{stack['dashboard']}/#/actors", timeout=PAGE_TIMEOUT_MS)
         page.get_by_text(expected[0], exact=True).first.wait_for(timeout=PAGE_TIMEOUT_MS)
-        page.screenshot(path=str(_screenshots_dir(stack) / "ray-dashboard-actors.png"))
+        page.screenshot(path=str(_screenshots_dir(stack) / "ray-dashboard-actors.png"), timeout=PAGE_TIMEOUT_MS)
         text = page.inner_text("body")
         for name in expected:
             assert name in text, f"{name} not on the Actors page"
@@ -297,7 +297,7 @@ def test_prometheus_graph_page_plots_frames_per_second(stack):
         # Debian's Prometheus serves the classic UI: a rickshaw graph with one legend line per series.
         legend = page.locator(".rickshaw_legend .line")
         legend.first.wait_for(timeout=PAGE_TIMEOUT_MS)
-        page.screenshot(path=str(_screenshots_dir(stack) / "prometheus-frames-per-second.png"))
+        page.screenshot(path=str(_screenshots_dir(stack) / "prometheus-frames-per-second.png"), timeout=PAGE_TIMEOUT_MS)
         assert legend.count() >= 1
         assert "ray_accord_frames_per_second" in page.inner_text(".rickshaw_legend")
         series = int(re.search(r"Total time series: (\d+)", page.inner_text("body")).group(1))

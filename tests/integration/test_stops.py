@@ -84,7 +84,7 @@ def _kill_session(sid: int) -> None:
 def _wait_for(condition, proc, what: str, seconds: float = 180):
     deadline = time.monotonic() + seconds
     while not (value := condition()):
-        assert proc.poll() is None, f"the run exited ({proc.returncode}) before {what}"
+        assert proc.poll() is None, f"the run exited ({proc.returncode}) before {what}:\n{_output(proc)}"
         assert time.monotonic() < deadline, f"no {what} within {seconds:.0f} s"
         time.sleep(0.25)
     return value
@@ -93,6 +93,12 @@ def _wait_for(condition, proc, what: str, seconds: float = 180):
 def _run_dir(root: Path) -> Path | None:
     dirs = [d for d in root.iterdir() if d.is_dir()] if root.exists() else []
     return dirs[0] if dirs else None
+
+
+def _output(proc: subprocess.Popen) -> str:
+    """The end of what an exited run printed, where it printed to a pipe of ours."""
+    stream = proc.stdout if proc.stdout is not None and not proc.stdout.closed else None
+    return stream.read()[-3000:] if stream is not None else "(its output went elsewhere)"
 
 
 def _start(root: Path, *overrides: str, **popen) -> subprocess.Popen:
