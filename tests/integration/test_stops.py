@@ -95,10 +95,19 @@ def _run_dir(root: Path) -> Path | None:
     return dirs[0] if dirs else None
 
 
-def _output(proc: subprocess.Popen) -> str:
-    """The end of what an exited run printed, where it printed to a pipe of ours."""
-    stream = proc.stdout if proc.stdout is not None and not proc.stdout.closed else None
-    return stream.read()[-3000:] if stream is not None else "(its output went elsewhere)"
+def _output(proc: subprocess.Popen, seconds: float = 10) -> str:
+    """The end of what an exited run printed, where it printed to a pipe of ours. Read for at
+    most `seconds`: a process the run left behind may hold the pipe open, and reading to its
+    end would wait for that process."""
+    if proc.stdout is None or proc.stdout.closed:
+        return "(its output went elsewhere)"
+    fd, chunks, deadline = proc.stdout.fileno(), [], time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0 and select.select([fd], [], [], left)[0]:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")[-3000:]
 
 
 def _start(root: Path, *overrides: str, **popen) -> subprocess.Popen:
