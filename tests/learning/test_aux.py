@@ -1,12 +1,12 @@
 """Auxiliary losses through the real system (CLI, Ray actors, queue, learner) on the gridworlds
 of paper 000 (App. F), budgeted by frames.
 
-1. Paper 000's Fig. 3 (top row) in small: on the main task of several sampled worlds (the +10
-   rewards removed), two seeds each, distillation from the tabular Q-learning teacher of the
-   original world, gated by the cosine with the policy gradient ("cos"), must end at least as
-   well as simply adding the two gradients ("add") and better than policy gradient alone
-   ("pg"), on average; and every method must end above a uniformly random policy on the same
-   worlds, so runs that learned nothing cannot pass by comparison alone.
+1. Paper 000's Fig. 3 (top row) in small: on the main task of eight sampled worlds (the +10
+   rewards removed), seeds 0 and 1 in turn, distillation from the tabular Q-learning teacher
+   of the original world, gated by the cosine with the policy gradient ("cos"), must end at
+   least as well as simply adding the two gradients ("add") and better than policy gradient
+   alone ("pg"), on average; and every method must end above a uniformly random policy on the
+   same worlds, so runs that learned nothing cannot pass by comparison alone.
 2. A helpful and an adversarial auxiliary term side by side: distillation from the tabular
    Q-learning teacher of the main task, and from the same teacher inverted (softmax(-Q): it
    pulls toward the worst action, so its gradient opposes the policy gradient). OL-AUX must
@@ -32,15 +32,23 @@ def train(root: Path, address: str, *sets: str, config: str = "configs/gridworld
     return train_run(root, config, "run.log_every=0.25", *sets, address=address, hang_guard=HANG_GUARD)
 
 
-WORLDS = (0, 1, 2, 3)      # the first four sampled worlds, not a chosen subset
-SEEDS = (0, 1)             # run.seed: actors' envs and action sampling, the learner's weights
+# The first eight sampled worlds, not a chosen subset, each trained once, with run.seed 0 and 1
+# in turn (the actors' envs and action sampling, the learner's weights). The claim is about
+# worlds on average, and the worlds differ far more than seeds do: on world 3 distillation
+# from the original world's teacher hurts every time (cos about -3.3 against pg -0.5), so four
+# worlds at two seeds each left the mean to how far two worlds swung. Eight worlds once each
+# are the same 24 runs.
+WORLD_SEEDS = tuple((world, world % 2) for world in range(8))
 FRAME_BUDGET = 60_000      # where policy gradient alone starts to score on these worlds
 METHODS = ("pg", "add", "cos")
 # A uniformly random policy's mean episode return on world-<k>-main: 20,000 episodes of 64
-# envs stepped through GridWorldVecEnv with uniform actions (standard errors 0.02-0.04),
-# measured 2026-12-04. Their mean, -1.55, is the floor each method's mean must clear.
-RANDOM_RETURN = {0: 1.06, 1: -0.56, 2: -3.71, 3: -3.01}
-PARALLEL_RUNS = 2          # two runs at a time: each one's start-up overlaps the other's training
+# envs stepped through GridWorldVecEnv with uniform actions (standard errors 0.01-0.05),
+# measured 2026-12-04 (worlds 0-3) and 2026-12-05 (4-7). Their mean, -1.22, is the floor
+# each method's mean must clear.
+RANDOM_RETURN = {0: 1.06, 1: -0.56, 2: -3.71, 3: -3.01, 4: -2.88, 5: -5.06, 6: 4.81, 7: -0.39}
+# Two runs at a time: each one's start-up overlaps the other's training. Three at a time took
+# no less (317.7 s for the 24 runs against 290.2 and 313.2 s).
+PARALLEL_RUNS = 2
 
 
 def _final(method: str, world: int, seed: int, root: Path, address: str) -> float:
@@ -52,13 +60,13 @@ def _final(method: str, world: int, seed: int, root: Path, address: str) -> floa
 
 
 def test_cosine_gated_distillation_beats_adding_it_and_policy_gradient_alone(tmp_path, ray_address):
-    runs = [(method, world, seed) for world in WORLDS for seed in SEEDS for method in METHODS]
+    runs = [(method, world, seed) for world, seed in WORLD_SEEDS for method in METHODS]
     with ThreadPoolExecutor(max_workers=PARALLEL_RUNS) as pool:
         finals = dict(zip(runs, pool.map(lambda run: _final(*run, tmp_path, ray_address), runs)))
-    returns = {m: [finals[(m, w, s)] for w in WORLDS for s in SEEDS] for m in METHODS}
+    returns = {m: [finals[(m, w, s)] for w, s in WORLD_SEEDS] for m in METHODS}
     mean = {method: sum(r) / len(r) for method, r in returns.items()}
-    floor = sum(RANDOM_RETURN[w] for w in WORLDS) / len(WORLDS)
-    print(f"gridworld worlds {WORLDS} x seeds {SEEDS}, {FRAME_BUDGET} frames: returns {returns}, "
+    floor = sum(RANDOM_RETURN[w] for w, _ in WORLD_SEEDS) / len(WORLD_SEEDS)
+    print(f"gridworld (world, seed) {WORLD_SEEDS}, {FRAME_BUDGET} frames: returns {returns}, "
           f"means {mean}, random policy {floor:.2f}")
     for method in METHODS:
         assert mean[method] > floor, (method, mean, floor, returns)
