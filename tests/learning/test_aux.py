@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.random_gridworld_return import RANDOM_RETURN
 from tests.support.training_runs import Run, train as train_run
 
 pytestmark = pytest.mark.learning
@@ -41,11 +42,6 @@ def train(root: Path, address: str, *sets: str, config: str = "configs/gridworld
 WORLD_SEEDS = tuple((world, world % 2) for world in range(8))
 FRAME_BUDGET = 60_000      # where policy gradient alone starts to score on these worlds
 METHODS = ("pg", "add", "cos")
-# A uniformly random policy's mean episode return on world-<k>-main: 20,000 episodes of 64
-# envs stepped through GridWorldVecEnv with uniform actions (standard errors 0.01-0.05),
-# measured 2026-12-04 (worlds 0-3) and 2026-12-05 (4-7). Their mean, -1.22, is the floor
-# each method's mean must clear.
-RANDOM_RETURN = {0: 1.06, 1: -0.56, 2: -3.71, 3: -3.01, 4: -2.88, 5: -5.06, 6: 4.81, 7: -0.39}
 # Two runs at a time: each one's start-up overlaps the other's training. Three at a time took
 # no less (317.7 s for the 24 runs against 290.2 and 313.2 s).
 PARALLEL_RUNS = 2
@@ -65,6 +61,7 @@ def test_cosine_gated_distillation_beats_adding_it_and_policy_gradient_alone(tmp
         finals = dict(zip(runs, pool.map(lambda run: _final(*run, tmp_path, ray_address), runs)))
     returns = {m: [finals[(m, w, s)] for w, s in WORLD_SEEDS] for m in METHODS}
     mean = {method: sum(r) / len(r) for method, r in returns.items()}
+    # a uniformly random policy's mean return on the same worlds (-1.22), measured beforehand
     floor = sum(RANDOM_RETURN[w] for w, _ in WORLD_SEEDS) / len(WORLD_SEEDS)
     print(f"gridworld (world, seed) {WORLD_SEEDS}, {FRAME_BUDGET} frames: returns {returns}, "
           f"means {mean}, random policy {floor:.2f}")
