@@ -6,7 +6,10 @@ One env; a uniform action for the first `learning_starts` steps; from then on, a
 step, one `SacLearner.step` on `batch_per_task` rows drawn uniformly from everything stored; the
 env acts with the learner's newest actor, or with a copy refreshed every `--refresh-every`
 updates (what a publish cadence gives the actors of a run). Every `--eval-every` env steps, 5
-deterministic episodes on a separate env; stops at the first mean return >= -200.
+deterministic episodes on a separate env; stops at the first mean return >= -200. The
+evaluation is SB3's `EvalCallback`'s (one env seeded once, its episodes continuing its random
+stream), not `actors.evaluation.evaluate_policy` (fresh envs each time), so that the loop differs
+from SB3's in the learner alone.
 
     python -m bench.pendulum_loop --seed 0 [--refresh-every 1] [--eval-every 500] [--max-steps 20000]
 
@@ -28,13 +31,20 @@ from envs.factory import describe
 from learner.sac.learner import SacLearner
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pendulum_defaults.yaml"
+ENV_ID = "Pendulum-v1"
 TARGET, EPISODES = -200.0, 5
 
 
 def _act(actor, obs: np.ndarray, deterministic: bool) -> np.ndarray:
+    """The actor's action in [-1, 1]^A for one observation."""
     with torch.no_grad():
         return actor.act(torch.from_numpy(obs.astype(np.float32))[None], torch.zeros(1, dtype=torch.long),
                          deterministic)[0].numpy()
+
+
+def _to_env(env, action: np.ndarray) -> np.ndarray:
+    """[-1, 1] onto Pendulum's symmetric Box [-2, 2]: high · a."""
+    return env.action_space.high * action
 
 
 def _evaluate(actor, env) -> float:
@@ -43,7 +53,7 @@ def _evaluate(actor, env) -> float:
         obs, _ = env.reset()
         done, total = False, 0.0
         while not done:
-            obs, reward, terminated, truncated, _ = env.step(2.0 * _act(actor, obs, True))
+            obs, reward, terminated, truncated, _ = env.step(_to_env(env, _act(actor, obs, True)))
             total += float(reward)
             done = terminated or truncated
         returns.append(total)
@@ -55,21 +65,23 @@ def run(seed: int, refresh_every: int = 1, eval_every: int = 500, max_steps: int
     torch.set_num_threads(1)
     cfg = load_config(CONFIG, [f"run.seed={seed}"])
     torch.manual_seed(seed)
-    learner = SacLearner(cfg, describe("gym", "Pendulum-v1"))
+    spec = describe("gym", ENV_ID)
+    learner = SacLearner(cfg, spec)
     behaviour = copy.deepcopy(learner.actor)
     starts, n = cfg.replay.learning_starts, cfg.learner.sac.batch_per_task
-    env, eval_env = gym.make("Pendulum-v1"), gym.make("Pendulum-v1")
+    env, eval_env = gym.make(ENV_ID), gym.make(ENV_ID)
     obs, _ = env.reset(seed=seed)
     eval_env.reset(seed=seed + 10_000)
     rng = np.random.default_rng(seed)
-    store = {"obs": np.zeros((max_steps, 3), np.float32), "action": np.zeros((max_steps, 1), np.float32),
-             "reward": np.zeros(max_steps, np.float32), "next_obs": np.zeros((max_steps, 3), np.float32),
+    D, A = spec.obs_shape[0], spec.action_dim
+    store = {"obs": np.zeros((max_steps, D), np.float32), "action": np.zeros((max_steps, A), np.float32),
+             "reward": np.zeros(max_steps, np.float32), "next_obs": np.zeros((max_steps, D), np.float32),
              "terminated": np.zeros(max_steps, bool)}
     start = time.monotonic()
     for step in range(1, max_steps + 1):
-        action = (rng.uniform(-1, 1, 1).astype(np.float32) if step <= starts
+        action = (rng.uniform(-1, 1, A).astype(np.float32) if step <= starts
                   else _act(behaviour, obs, False))
-        next_obs, reward, terminated, truncated, _ = env.step(2.0 * action)  # [-1, 1] -> [-2, 2]
+        next_obs, reward, terminated, truncated, _ = env.step(_to_env(env, action))
         for key, value in zip(store, (obs, action, reward, next_obs, terminated)):
             store[key][step - 1] = value
         obs = env.reset()[0] if terminated or truncated else next_obs
