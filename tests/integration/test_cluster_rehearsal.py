@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 CHROMIUM = "/usr/bin/chromium"
 STARTUP_TIMEOUT = 420  # seconds; the two jobs start their torch, Ray and env processes on 2 shared cores
+PAGE_TIMEOUT_MS = 120_000  # a page load or screenshot of the dashboard: a loaded head answers slowly
 PLACEMENT = {"rollout": "worker", "learner": "head", "service": "head"}
 
 JOBS = {
@@ -249,10 +250,10 @@ def test_the_dashboard_jobs_page_lists_both_jobs(cluster):
             context.add_cookies([{"name": "ray-authentication-token", "value": cluster["token"],
                                   "url": dashboard}])
             page = context.new_page()
-            page.goto(f"{dashboard}/#/jobs", timeout=120_000)  # a loaded head answers slowly
+            page.goto(f"{dashboard}/#/jobs", timeout=PAGE_TIMEOUT_MS)
             for submission_id in JOBS:
                 page.get_by_text(submission_id, exact=True).first.wait_for(timeout=60_000)
-            page.screenshot(path=str(cluster["tmp"] / "ray-dashboard-jobs.png"), timeout=120_000)
+            page.screenshot(path=str(cluster["tmp"] / "ray-dashboard-jobs.png"), timeout=PAGE_TIMEOUT_MS)
             text = page.inner_text("body")
         finally:
             browser.close()
