@@ -14,6 +14,7 @@ node a fixed 30 s to register, which three at once missed on a machine already l
 """
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import subprocess
@@ -175,6 +176,15 @@ def test_bench(name, runs):
     _ok(out[name])
     for text in BENCH_PRINTS[name]:
         assert text in out[name].output, out[name].output[-4000:]
+
+
+def test_bench_mt10_measures_after_the_fleet_is_up(runs):
+    """A one-second measure still counts env steps: it starts once the learner has updated on
+    the actors' rows (it once began at a fixed time and, on 2 cores, read 0 env steps/s)."""
+    _, out = runs
+    row = re.search(r"accord env steps/s[^│|]*[│|]\s*([\d,.]+)", out["bench mt10"].stdout)
+    assert row, out["bench mt10"].output[-4000:]
+    assert float(row.group(1).replace(",", "")) > 0, row.group(0)
 
 
 def _free_port() -> int:
