@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import sys
 import threading
-import time
 import traceback
 import uuid
 
@@ -31,7 +30,7 @@ import torch
 from ray_support.actor_restart import restarted_by_ray
 from actors.rollout import RolloutWorker
 from actors.transitions import TransitionWorker
-from actors.weight_fetch import POLL_SECONDS, WeightFetcher
+from actors.weight_fetch import WeightFetcher
 
 
 # A learner's start until its first publish (its process, torch, its model; on a GPU, CUDA's
@@ -138,19 +137,22 @@ class RolloutActor:
         acting = "inference on a server" if self.server_policy else f"weights v{self.worker.version}"
         return f"RolloutActor(rollout {self.worker.actor_index}, tasks {', '.join(names)}, {acting})"
 
-    def _sync_weights(self) -> bool:
-        """Act with the store's newest weights; False if they are ours, or did not come in time."""
+    def _sync_weights(self) -> None:
+        """Act with the store's newest weights (ours stay if they are, or if those did not come
+        in time)."""
         newer = self.weights.newer(self.worker.version)
         if newer is not None:
             self.worker.set_weights(*newer)
-        return newer is not None
 
     def _loop(self) -> None:
         try:
-            # Resync on (re)start: no experience from random weights reaches the learner.
-            while (self.server_policy is None and not self._stop.is_set() and self.worker.version < 0
-                   and not self._sync_weights()):
-                time.sleep(POLL_SECONDS)
+            # No weights yet (none were published while the constructor waited): wait on, so
+            # that no experience from random weights reaches the learner.
+            if self.server_policy is None and self.worker.version < 0:
+                first = self.weights.first(stop=self._stop)
+                if first is None:  # asked to stop first
+                    return
+                self.worker.set_weights(*first)
             pending_insert = []
             while not self._stop.is_set():
                 produced = self.inserter.produce(self.worker)

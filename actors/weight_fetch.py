@@ -4,6 +4,8 @@ leaves the actor acting on the weights it has (its unrolls name their version, s
 corrects for the lag) and is counted, and the next newer version heard of is asked for again."""
 from __future__ import annotations
 
+import math
+import threading
 import time
 
 import ray
@@ -39,12 +41,14 @@ class WeightFetcher:
         self.fetches += 1
         return newest, weights
 
-    def first(self, seconds: float, poll: float = POLL_SECONDS) -> tuple[int, dict] | None:
+    def first(self, seconds: float = math.inf, poll: float = POLL_SECONDS,
+              stop: threading.Event | None = None) -> tuple[int, dict] | None:
         """The store's newest `(version, weights)`, waiting up to `seconds` for the learner's
-        first publish (an actor may start before it); None if there are none by then."""
+        first publish (an actor may start before it); None if there are none by then, or once
+        `stop` is set."""
+        stop = stop or threading.Event()
         deadline = time.monotonic() + seconds
         while True:
             found = self.newer(-1)
-            if found is not None or time.monotonic() >= deadline:
+            if found is not None or time.monotonic() >= deadline or stop.wait(poll):
                 return found
-            time.sleep(poll)

@@ -3,6 +3,8 @@ has nothing newer, and gives up on a fetch that does not come in time (counted) 
 waiting for ever."""
 from __future__ import annotations
 
+import threading
+
 import pytest
 import ray
 
@@ -89,3 +91,16 @@ def test_first_gives_up_at_its_deadline_when_nothing_is_published():
     fetcher = WeightFetcher(store, timeout=5.0, get=Get(store))
     assert fetcher.first(seconds=0.05, poll=0.001) is None
     assert len(store.asked) > 1 and fetcher.fetches == 0
+
+
+@pytest.mark.timeout(30)  # a first() deaf to stop would wait for ever
+def test_first_returns_nothing_once_asked_to_stop():
+    # what a rollout actor's loop waits with when no weights came while it was constructed
+    store = Store(newest=-1)
+    fetcher = WeightFetcher(store, timeout=5.0, get=Get(store))
+    stop = threading.Event()
+    stopper = threading.Timer(0.05, stop.set)
+    stopper.start()
+    assert fetcher.first(poll=0.001, stop=stop) is None  # no deadline: only the stop ends it
+    stopper.join()
+    assert stop.is_set() and len(store.asked) > 1 and fetcher.fetches == 0
