@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.training_runs import cli_env
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,8 +32,7 @@ STEPS, ENVS = 100, 2  # rows per task: 200
 
 
 def _env() -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("RAY_ADDRESS", None)
+    env = {**cli_env(), "OMP_NUM_THREADS": "1"}
     env.pop("ACCORD_INGEST_TOKEN", None)  # the run generates its own
     return env
 

@@ -5,7 +5,6 @@ restarted by Ray, counted, and the run ends on its budget with no rollout actor 
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from actors.rollout import RolloutWorker
 from envs import describe
 from learner.broadcast import WeightStore
 from tests.support.scripted_env import TASK
+from tests.support.training_runs import cli_env
 from tests.support.weights import random_weights
 
 pytestmark = pytest.mark.integration
@@ -110,7 +110,7 @@ def test_a_killed_inference_server_is_restarted_and_counted_and_the_run_ends_on_
             "--set", "actors.inference=server", "--set", "actors.inference_device=cpu",
             "--set", f"run.total_frames={total_frames}", "--set", f"run.root={tmp_path}",
             "--set", "run.name=inference-kill", "--set", "run.log_every=1", "--set", "run.progress=false"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+    env = cli_env()
     driver = subprocess.Popen([sys.executable, "-m", "accord.cli", *argv], cwd=REPO, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

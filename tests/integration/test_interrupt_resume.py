@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.support.training_runs import cli_env
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,8 +31,7 @@ def _updates(checkpoint: Path) -> int:
 
 
 def test_ctrl_c_checkpoints_and_resume_continues(tmp_path):
-    env = {**os.environ, "RAY_ADDRESS": ""}
-    env.pop("RAY_ADDRESS")
+    env = cli_env()
     overrides = ["--set", f"run.root={tmp_path}", "--set", "run.total_frames=100000000",
                  "--set", "run.log_every=1", "--set", "run.checkpoint_every=1000",
                  "--set", "run.dashboard=false"]  # nothing here looks at the dashboard

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.training_runs import cli_env
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,8 +29,7 @@ def _rows(run_dir: Path) -> list[dict]:
 
 
 def test_resumed_sac_run_restarts_with_its_replay(tmp_path):
-    env = dict(os.environ)
-    env.pop("RAY_ADDRESS", None)
+    env = cli_env()
     overrides = ["--set", "replay.backend=redis", "--set", f"run.root={tmp_path}",
                  "--set", "run.total_frames=100000000", "--set", "run.log_every=0.5",
                  "--set", "run.eval_every=0", "--set", "replay.learning_starts=100",

@@ -24,18 +24,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.support.training_runs import cli_env
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 ACCORD = str(Path(sys.executable).parent / "accord")
 # No dashboard: nothing here looks at it, and it costs each start several seconds on 2 cores.
 BASE = ["--set", "run.total_frames=100000000", "--set", "run.log_every=1", "--set", "run.dashboard=false"]
-
-
-def _env() -> dict:
-    env = dict(os.environ)
-    env.pop("RAY_ADDRESS", None)  # an embedded Ray: the one the driver must clean up
-    return env
 
 
 def _rows(run_dir: Path) -> list[dict]:
@@ -114,14 +110,14 @@ def _start(root: Path, *overrides: str, **popen) -> subprocess.Popen:
     sets = [*BASE, "--set", f"run.root={root}", *[a for o in overrides for a in ("--set", o)]]
     popen.setdefault("stdout", subprocess.PIPE)
     popen.setdefault("stderr", subprocess.STDOUT)
-    return subprocess.Popen([ACCORD, "train", "configs/cartpole.yaml", *sets], cwd=REPO, env=_env(),
+    return subprocess.Popen([ACCORD, "train", "configs/cartpole.yaml", *sets], cwd=REPO, env=cli_env(),
                             text=True, start_new_session=True, **popen)
 
 
 def _resume(run_dir: Path, frames: int) -> subprocess.CompletedProcess:
     return subprocess.run([ACCORD, "train", "--resume", str(run_dir), "--set", f"run.total_frames={frames}",
                            "--set", "run.progress=false"],
-                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+                          cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
 
 
 def test_closing_the_terminal_checkpoints_exits_0_and_resume_continues(tmp_path):
@@ -341,7 +337,7 @@ def test_a_killed_replay_shard_stops_the_run_with_a_checkpoint_and_one_clear_rea
     proc = subprocess.Popen(
         [ACCORD, "train", "configs/pendulum_sac.yaml", *BASE, "--set", f"run.root={tmp_path}",
          "--set", "run.progress=false", "--set", "run.eval_every=0", "--set", "replay.learning_starts=100"],
-        cwd=REPO, env=_env(), text=True, start_new_session=True,
+        cwd=REPO, env=cli_env(), text=True, start_new_session=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         run_dir = _wait_for(lambda: _run_dir(tmp_path), proc, "run directory")
