@@ -2,10 +2,12 @@
 import pytest
 import ray
 
+from tests.support.local_ray import init_local_ray
+
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(address="local", num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1",
-             configure_logging=False, log_to_driver=False)
+    init_local_ray(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1",
+                   configure_logging=False, log_to_driver=False)
     yield
     ray.shutdown()

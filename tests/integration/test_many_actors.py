@@ -23,6 +23,7 @@ from accord.config import load_config
 from accord.console import Console
 from accord.driver import train
 from accord.run_dir import new_run_dir
+from tests.support.local_ray import init_local_ray
 
 pytestmark = pytest.mark.integration
 
@@ -34,8 +35,8 @@ CHUNK_SECONDS = 1.0  # run.log_every: the driver's chunks last min(1, log_every)
 @pytest.fixture
 def crowded_ray():
     # No dashboard: its processes would take CPU the 16 actors need to start.
-    ray.init(address="local", num_cpus=ACTORS + 1, include_dashboard=False,
-             _node_ip_address="127.0.0.1", configure_logging=False, log_to_driver=False)
+    init_local_ray(num_cpus=ACTORS + 1, include_dashboard=False,
+                   _node_ip_address="127.0.0.1", configure_logging=False, log_to_driver=False)
     yield
     ray.shutdown()
 

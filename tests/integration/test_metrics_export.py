@@ -8,6 +8,7 @@ import pytest
 import ray
 
 from accord.metrics import MetricsSink
+from tests.support.local_ray import init_local_ray
 
 pytestmark = pytest.mark.integration
 
@@ -20,8 +21,8 @@ def _free_port() -> int:
 
 def test_metric_rows_are_exported_as_ray_gauges(tmp_path):
     port = _free_port()
-    ray.init(address="local", num_cpus=1, include_dashboard=False, _metrics_export_port=port,
-             configure_logging=False, log_to_driver=False)
+    init_local_ray(num_cpus=1, include_dashboard=False, _metrics_export_port=port,
+                   configure_logging=False, log_to_driver=False)
     try:
         sink = MetricsSink(tmp_path, use_ray=True, tensorboard=False, run="breakout-1")
         deadline, found = time.monotonic() + 60, {}

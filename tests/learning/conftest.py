@@ -6,6 +6,7 @@ import pytest
 import ray
 
 from accord.driver import EMBEDDED_SYSTEM_CONFIG
+from tests.support.local_ray import init_local_ray
 
 # Two runs at a time (test_aux.py) of two rollout actors and a learner, one CPU slot each.
 CPU_SLOTS = 8
@@ -13,9 +14,9 @@ CPU_SLOTS = 8
 
 @pytest.fixture(scope="module")
 def ray_address() -> str:
-    ray.init(address="local", num_cpus=CPU_SLOTS, include_dashboard=False,
-             _node_ip_address="127.0.0.1", configure_logging=False, log_to_driver=False,
-             _system_config=EMBEDDED_SYSTEM_CONFIG)
+    init_local_ray(num_cpus=CPU_SLOTS, include_dashboard=False,
+                   _node_ip_address="127.0.0.1", configure_logging=False, log_to_driver=False,
+                   _system_config=EMBEDDED_SYSTEM_CONFIG)
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
