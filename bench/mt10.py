@@ -21,11 +21,9 @@ from rich.table import Table
 
 from accord.driver import start_topology
 from actors.rollout import actor_task_ids
+from bench.throughput import train_until_the_first_update
 
 WARMUP_SECONDS = 10.0  # or the measured seconds where fewer: a short smoke run warms up briefly
-# A hang guard, not a speed requirement: before the first update each actor imports torch and
-# builds its Meta-World envs, and the replay fills to learning_starts.
-FIRST_UPDATE_TIMEOUT = 600.0
 
 
 def warmup_seconds(seconds: float) -> float:
@@ -61,17 +59,6 @@ def raw_fps(cfg, seconds: float) -> float:
     refs = [raw_metaworld_steps.remote([cfg.env.tasks[t] for t in actor_task_ids(k, n, i)],
                                        cfg.env.envs_per_actor, seconds, i) for i in range(n)]
     return sum(ray.get(refs)) / seconds
-
-
-def train_until_the_first_update(learner, timeout: float = FIRST_UPDATE_TIMEOUT) -> None:
-    """Train in one-second chunks until the learner has updated on the actors' rows, so that
-    the warm-up and the measured seconds both see a running fleet however long its start took
-    (on 2 cores longer than a smoke run's second: the measure then read 0 env steps/s)."""
-    deadline = time.monotonic() + timeout
-    while ray.get(learner.counters.remote())["updates"] == 0:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the learner made no update within {timeout:.0f} s of the fleet's start")
-        ray.get(learner.train.remote(10**9, 1.0))
 
 
 def accord_fps(cfg, seconds: float) -> dict:

@@ -163,15 +163,22 @@ def fleet_weight_fetches(actors) -> int:
     return sum(s["weight_fetches"] for s in ray.get(ready))
 
 
-def measure_consumer(consumer, actors, seconds: float) -> dict:
-    """Frames/s through `consumer` (the learner or the drain) over `seconds` in chunks of
-    CHUNK_SECONDS, after the fleet's first batch and a warm-up; and the weights the fleet
-    fetched meanwhile, in bytes/s."""
+def train_until_the_first_update(consumer) -> None:
+    """Train `consumer` in chunks of CHUNK_SECONDS until its first update: the actors start
+    after `start_topology` returns, a few at a time on few cores, so a warm-up or window begun
+    at a fixed time could end before any batch had come (`bench mt10 --seconds 1` once read 0)."""
     start = time.monotonic()
     while _chunk(consumer, CHUNK_SECONDS)["counters"]["updates"] == 0:
         if time.monotonic() - start > STARTUP_SECONDS:
             raise SystemExit(f"no batch reached the consumer within {STARTUP_SECONDS:.0f} s: are "
                              f"there CPUs for every actor (actors.num_actors + 1)?")
+
+
+def measure_consumer(consumer, actors, seconds: float) -> dict:
+    """Frames/s through `consumer` (the learner or the drain) over `seconds` in chunks of
+    CHUNK_SECONDS, after the fleet's first batch and a warm-up; and the weights the fleet
+    fetched meanwhile, in bytes/s."""
+    train_until_the_first_update(consumer)
     warm_end = time.monotonic() + warmup_seconds(seconds)
     while time.monotonic() < warm_end:
         _chunk(consumer, min(CHUNK_SECONDS, warm_end - time.monotonic()))
