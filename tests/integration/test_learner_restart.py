@@ -33,6 +33,22 @@ def _train_until(learner, condition, what: str, timeout: float = 300.0):
     return value
 
 
+def _until_the_killed_process_stops_answering(learner, timeout: float = 60.0) -> None:
+    """`ray.kill` returns before the process is gone, and a call made at once may still be
+    answered by it. The loop asks for the restarted learner only after a call found the process
+    lost (`LearnerLost`); wait for the same here: a call that fails with the process, or one that
+    the new process already answers (its `recovery` is set)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if ray.get(learner.recovery.remote(), timeout=5.0) is not None:
+                return
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):  # as the loop's LearnerLost
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the killed learner still answered after {timeout:.0f} s")
+
+
 def test_after_a_learner_restart_every_actor_acts_with_the_restored_weights(local_ray, tmp_path):
     cfg = load_config(REPO / "configs" / "cartpole.yaml",
                       ["learner.publish_every=1000000", "learner.max_restarts=1"])
@@ -50,6 +66,7 @@ def test_after_a_learner_restart_every_actor_acts_with_the_restored_weights(loca
                      f"every actor on version {newer}")
 
         ray.kill(learner, no_restart=False)  # Ray restarts it (learner.max_restarts=1)
+        _until_the_killed_process_stops_answering(learner)
         recovered = RayRoles(learner, topo.service, topo.actors).restarted_learner(timeout=300)
         assert recovered["checkpoint"] == checkpoint and recovered["updates"] == saved_at
         assert ray.get(topo.weight_store.current_version.remote()) == saved_at
