@@ -36,7 +36,7 @@ class EnvConfig(_Section):
                     "round robin and each actor steps all of its tasks.")
     benchmark: Literal["MT1", "MT10", "MT50"] | None = Field(
         None, description="Meta-World benchmark; MT1 trains the one task in env.tasks.")
-    envs_per_actor: int = Field(8, ge=1, description="M environments per task an actor holds, stepped as one batch.")
+    envs_per_actor: int = Field(8, ge=1, description="M environments per task an actor holds, stepped as one batch (SAC: 1 unless set).")
     full_action_space: bool = Field(False, description="Atari: all 18 actions (needed for one policy over several games).")
     sticky_actions: float = Field(0.25, ge=0.0, le=1.0, description="Atari: repeat-previous-action probability.")
     clip_rewards: bool = Field(True, description="Atari: train on sign-clipped rewards; episode scores stay raw.")
@@ -44,7 +44,7 @@ class EnvConfig(_Section):
 
 
 class ActorConfig(_Section):
-    num_actors: int = Field(2, ge=0, description="Rollout actors, one CPU each (the paper ran 200); "
+    num_actors: int = Field(2, ge=0, description="Rollout actors, one CPU each (the paper ran 200; SAC: 1 unless set); "
                                                  "0: none, the run is fed over gRPC alone (replay.grpc.port).")
     unroll_length: int = Field(20, ge=1, description="T: steps per unroll handed to the learner.")
     max_restarts: int = Field(3, ge=0, description="Times Ray restarts a dead rollout actor.")
@@ -318,7 +318,7 @@ class RunConfig(_Section):
     keep_checkpoints: int = Field(3, ge=1, description="Checkpoints kept on disk.")
     log_every: float = Field(5.0, gt=0, description="Seconds between metric rows.")
     progress: bool = Field(True, description="Live progress display on the console.")
-    eval_every: int = Field(0, ge=0, description="Updates between evaluations of the deterministic policy (success rate and return per task); 0: never.")
+    eval_every: int = Field(0, ge=0, description="Updates between evaluations of the deterministic policy (success rate and return per task), each of the policy the learner published at that update; 0: never.")
     eval_episodes: int = Field(5, ge=1, description="Episodes per task in each periodic evaluation.")
     dashboard: bool = Field(
         True, description="Start the embedded Ray's dashboard (on 127.0.0.1). false: Ray starts "
@@ -369,6 +369,25 @@ class ExperimentConfig(_Section):
         if not isinstance(batch, int) or isinstance(batch, bool):
             return tree  # its own validation names the bad field
         return {**tree, "replay": {**replay, "samples_per_insert": float(batch)}}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sac_fleet_defaults(cls, tree: Any) -> Any:
+        """SAC acts as Stable-Baselines3, CleanRL and RLlib's SAC do unless told otherwise: one
+        actor of one env (per task). Its one update per env step then comes right after the
+        step it learns from, where 2 actors x 8 envs (IMPALA's defaults, kept for it) spread the
+        same env steps over 16 episodes played at once by older policies: on Pendulum-v1 that
+        needed 1.25x the env steps to a return of -200 (README, SAC against Stable-Baselines3).
+        A value given in the config or by --set is kept."""
+        if not isinstance(tree, dict):
+            return tree
+        learner = tree.get("learner") if isinstance(tree.get("learner"), dict) else {}
+        env, actors = tree.get("env"), tree.get("actors")
+        env = {} if env is None else env
+        actors = {} if actors is None else actors
+        if learner.get("algorithm") != "sac" or not isinstance(env, dict) or not isinstance(actors, dict):
+            return tree  # a bad section is named by its own validation
+        return {**tree, "env": {"envs_per_actor": 1, **env}, "actors": {"num_actors": 1, **actors}}
 
     @model_validator(mode="before")
     @classmethod

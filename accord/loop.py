@@ -276,7 +276,7 @@ class TrainingLoop:
                                     f"(restarts used up? see the actor tracebacks above)"), EXIT_FAILED
                     break
                 try:
-                    chunk = self.roles.train(max_updates=cfg.run.checkpoint_every,
+                    chunk = self.roles.train(max_updates=self._chunk_updates(counters["updates"]),
                                              max_seconds=min(1.0, cfg.run.log_every))
                 except LearnerLost as exc:
                     if self.stop.signal_name:  # the stop signal reached Ray's processes as well
@@ -378,6 +378,20 @@ class TrainingLoop:
             f"at update {recovered['updates']}; the updates past it are lost (the driver had seen "
             f"update {before['updates']}: {lost} lost at least), and the actors resync")
         return {k: v for k, v in recovered.items() if k not in ("checkpoint", "corrupt_skipped")}
+
+    def _chunk_updates(self, updates: int) -> int:
+        """A chunk ends by run.checkpoint_every updates, and where the next evaluation is due:
+        the chunk's end publishes its weights, so the evaluation plays the policy of that very
+        update (every run.eval_every updates, as SB3's EvalCallback evaluates every eval_freq
+        steps), not of wherever a second's chunk happened to end past it."""
+        limit = self.cfg.run.checkpoint_every
+        if self.roles.can_evaluate and self.cfg.run.eval_every:
+            due_in = self._eval_at + self.cfg.run.eval_every - updates
+            # Past the due update with the last evaluation still playing, the next one starts
+            # when that one is back: the chunks go on at full length until then.
+            if due_in > 0 or self._eval_pending is None:
+                limit = min(limit, max(1, due_in))
+        return limit
 
     def _poll_eval(self, updates: int) -> None:
         """Start an evaluation every run.eval_every updates (one at a time); collect a finished one."""

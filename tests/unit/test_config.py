@@ -231,6 +231,19 @@ def test_sac_rate_limit_defaults_to_one_update_per_env_step_of_every_task():
         load_config(None, [*sac, "replay.samples_per_insert=0"])
 
 
+def test_sac_acts_with_one_actor_of_one_env_unless_told_otherwise_and_impala_keeps_its_fleet():
+    sac = ["env.kind=gym", "env.tasks=[Pendulum-v1]", "learner.algorithm=sac"]
+    cfg = load_config(None, sac)
+    assert (cfg.actors.num_actors, cfg.env.envs_per_actor) == (1, 1)
+    assert cfg.replay.samples_per_insert == 256.0  # still one update per env step
+    cfg = load_config(None, [*sac, "actors.num_actors=3", "env.envs_per_actor=4"])
+    assert (cfg.actors.num_actors, cfg.env.envs_per_actor) == (3, 4)
+    cfg = load_config(None, [*sac, "actors.num_actors=0", "replay.grpc.port=50051"])
+    assert (cfg.actors.num_actors, cfg.env.envs_per_actor) == (0, 1)
+    impala = load_config(None, ["env.kind=gym", "env.tasks=[CartPole-v1]"])
+    assert (impala.actors.num_actors, impala.env.envs_per_actor) == (2, 8)
+
+
 def test_a_config_naming_only_the_env_and_the_algorithm_is_complete():
     cfg = load_config(None, ["env.kind=gym", "env.tasks=[Pendulum-v1]", "learner.algorithm=sac"])
     assert cfg.learner.model == "auto" and cfg.learner.sac.model == "mtsac"

@@ -174,6 +174,20 @@ def test_an_evaluation_that_finishes_at_once_is_followed_by_the_next_only_eval_e
     assert roles.started == [4, 8, 12]  # the one of update 12 is the end's, collected at the end
 
 
+def test_a_chunk_ends_where_the_next_evaluation_is_due_so_that_it_plays_that_update(tmp_path, clock):
+    roles = PromptEvaluatingRoles(clock, updates_per_chunk=3)  # chunks of 3 would pass 4 at 6
+    run_with(tmp_path, make_cfg(eval_every=4, total_frames=100 * 12), roles)
+    assert roles.started == [4, 8, 12]
+
+
+def test_past_the_due_update_with_an_evaluation_still_playing_chunks_keep_their_length(tmp_path, clock):
+    roles = EvaluatingRoles(clock, updates_per_chunk=3)  # each evaluation is back two chunks later
+    run_with(tmp_path, make_cfg(eval_every=2, total_frames=100 * 12), roles)
+    # 0-2 (due: the first starts), 2-4 (due again, the first still playing), 4-7 (full length;
+    # the first is back, the second starts), 7-9, 9-12: five chunks, none of one update.
+    assert roles.started == [2, 7, 12] and roles.chunks == 5
+
+
 def test_a_run_stopped_before_its_first_chunk_still_logs_its_final_evaluation(tmp_path, clock):
     stop = Stop()
     stop.signal_name = "SIGINT"
