@@ -9,7 +9,10 @@ pytestmark = pytest.mark.learning
 SWAPPED = "tests.support.swapped_cartpole:CartPoleSwapped-v1"
 # About 3x the ~280K frames configs/cartpole.yaml took to reach 150 in README's `bench peer`.
 ONE_TASK_FRAME_BUDGET = 800_000
-FRAME_BUDGET = 1_200_000
+# The two tasks reached 150 at 776K, 1.15M, 1.23M, 1.45M and 1.56M frames in five runs on 2 cores
+# (2026-12-05), and a sixth had not at 1.2M: about twice the slowest. A run stops at the target,
+# so the budget costs time only in a run that does not reach it.
+FRAME_BUDGET = 3_000_000
 HANG_GUARD = 1800  # seconds; the budgets are frames
 
 
