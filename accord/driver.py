@@ -378,8 +378,8 @@ def _train(cfg: ExperimentConfig, run_dir: Path, restored: Restored | None, cons
     device = ray.get(topo.learner.device_name.remote())
     serving = (f"; policy on {len(topo.inference)} inference server(s) on "
                f"{inference_device(cfg, ray.cluster_resources())}" if topo.inference else "")
-    console.log(f"run directory {run_dir}; learner on {device}; {cfg.actors.num_actors} actors "
-                f"x {cfg.env.envs_per_actor} envs on {', '.join(cfg.env.tasks)}{serving}")
+    console.log(f"run directory {run_dir}; learner on {device}; {_counted(cfg.actors.num_actors, 'actor')} "
+                f"x {_counted(cfg.env.envs_per_actor, 'env')} on {', '.join(cfg.env.tasks)}{serving}")
     roles = RayRoles(topo.learner, topo.service, topo.actors, topo.evaluator, topo.inference)
     # Restarts of the learner from a checkpoint: a resume is one, and so is each time Ray
     # restarts a dead learner within the run (the loop counts those on).
@@ -407,3 +407,8 @@ def _start_ingest(cfg: ExperimentConfig, topo: Topology, run_dir: Path, console:
     except OSError as exc:
         topo.stop()
         raise UserError(f"replay.grpc: {exc}") from None
+
+
+def _counted(n: int, noun: str) -> str:
+    """'1 actor', '2 actors'."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
