@@ -379,13 +379,18 @@ class TrainingLoop:
             f"update {before['updates']}: {lost} lost at least), and the actors resync")
         return {k: v for k, v in recovered.items() if k not in ("checkpoint", "corrupt_skipped")}
 
+    @property
+    def _evaluates(self) -> bool:
+        """The run has an evaluator and run.eval_every asks for evaluations."""
+        return self.roles.can_evaluate and bool(self.cfg.run.eval_every)
+
     def _chunk_updates(self, updates: int) -> int:
         """A chunk ends by run.checkpoint_every updates, and where the next evaluation is due:
         the chunk's end publishes its weights, so the evaluation plays the policy of that very
         update (every run.eval_every updates, as SB3's EvalCallback evaluates every eval_freq
         steps), not of wherever a second's chunk happened to end past it."""
         limit = self.cfg.run.checkpoint_every
-        if self.roles.can_evaluate and self.cfg.run.eval_every:
+        if self._evaluates:
             due_in = self._eval_at + self.cfg.run.eval_every - updates
             # Past the due update with the last evaluation still playing, the next one starts
             # when that one is back: the chunks go on at full length until then.
@@ -395,7 +400,7 @@ class TrainingLoop:
 
     def _poll_eval(self, updates: int) -> None:
         """Start an evaluation every run.eval_every updates (one at a time); collect a finished one."""
-        if not self.roles.can_evaluate or not self.cfg.run.eval_every:
+        if not self._evaluates:
             return
         if self._eval_pending is not None:
             result = self.roles.evaluation_result(self._eval_pending, timeout=0)
@@ -408,7 +413,7 @@ class TrainingLoop:
 
     def _final_eval(self) -> None:
         """The end of a run is evaluated too, so the last row says how well it ended."""
-        if not self.roles.can_evaluate or not self.cfg.run.eval_every:
+        if not self._evaluates:
             return
         pending = self._eval_pending or self.roles.start_evaluation()
         self._eval_pending = None
