@@ -1,8 +1,11 @@
 """SAC through the real CLI, rollout actors, replay table and learner, budgeted in env steps:
 Pendulum-v1 must learn, and the cheap multi-task point-goal tasks must improve with `sum` and
 with `pcgrad`."""
+import gymnasium as gym
 import numpy as np
 import pytest
+
+import envs  # noqa: F401  (registers the PointGoal tasks)
 
 from tests.support.training_runs import train
 
@@ -28,9 +31,27 @@ def test_sac_learns_pendulum(tmp_path, ray_address):
 
 
 POINT_GOAL_TASKS = ("PointGoal-NE-v0", "PointGoal-NW-v0", "PointGoal-SW-v0", "PointGoal-SE-v0")
-# Random actions score about -47 per 50-step episode on these tasks; reaching the goal and
-# staying there scores about -4. A run must gain at least MARGIN on the mean over the tasks.
-MARGIN = 25.0
+# Uniform random actions score about -52 per 50-step episode on each task (measured below);
+# reaching the goal and staying there about -4. A run must gain at least MARGIN over a random
+# policy on the mean over the tasks, and half of it on each task.
+MARGIN = 30.0
+
+
+def random_policy_return(task: str, episodes: int = 200) -> float:
+    """The mean episode return of uniform random actions on `task`: the floor a run is measured
+    from (a run's own first logged episodes are no floor: they may already be learned ones)."""
+    env = gym.make(task)
+    env.action_space.seed(0)
+    returns = []
+    for episode in range(episodes):
+        env.reset(seed=episode)
+        total, done = 0.0, False
+        while not done:
+            _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+            total, done = total + reward, terminated or truncated
+        returns.append(total)
+    env.close()
+    return float(np.mean(returns))
 
 
 @pytest.mark.parametrize("combiner", ["sum", "pcgrad"])
@@ -39,9 +60,9 @@ def test_multitask_sac_improves_every_point_goal_task(tmp_path, ray_address, com
                 f"learner.combiner.name={combiner}", "learner.combiner.options={seed: 0}"
                 if combiner == "pcgrad" else "learner.combiner.options={}",
                 address=ray_address, hang_guard=HANG_GUARD)
-    first = np.mean([run.series(f"return/{t}")[0] for t in POINT_GOAL_TASKS])
+    random = {t: random_policy_return(t) for t in POINT_GOAL_TASKS}
     final = {t: run.series(f"eval/return/{t}")[-1] for t in POINT_GOAL_TASKS}
-    assert np.mean(list(final.values())) >= first + MARGIN, (first, final)
-    assert min(final.values()) >= first + MARGIN / 2, (first, final)  # no task left behind
+    assert np.mean(list(final.values())) >= np.mean(list(random.values())) + MARGIN, (random, final)
+    assert all(final[t] >= random[t] + MARGIN / 2 for t in POINT_GOAL_TASKS), (random, final)  # no task left behind
     if combiner == "pcgrad":
         assert run.series("combiner/critic/pcgrad/conflicts"), "PCGrad statistics were not logged"
