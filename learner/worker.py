@@ -33,7 +33,8 @@ class LearnerWorker:
     `clock` gives seconds (monotonic), for `max_seconds`, the publish cadence and the wait
     fraction.
 
-    A chunk is late when it ends more than its slowest update, its metric read and
+    A chunk is late when it ends more than its slowest update, its closing work (the metric
+    read and the publish of its last update, itself bounded by `FLUSH_SECONDS`) and
     `LATE_SLACK_SECONDS` after `max_seconds`: an update is never cut short, so that is the most
     a chunk whose every wait is bounded can overrun. Late chunks are counted (`late_chunks`)."""
 
@@ -148,16 +149,17 @@ class LearnerWorker:
             slowest_step = max(slowest_step, self._clock() - t1)
         # The chunk's one read of the device: every update's metrics, averaged; a run of
         # non-finite steps raises here.
-        read_start = self._clock()
+        end_start = self._clock()
         out = self.algorithm.read_metrics()
-        read_seconds = self._clock() - read_start
         # An algorithm whose step reads nothing back learns how many updates stepped only at
         # the read; and what the chunk's last updates earned is published before it returns.
         self._maybe_publish(at_chunk_end=True)
+        end = self._clock()
+        end_seconds = end - end_start  # the chunk's own closing work, bounded
         self.sample_timeouts += timeouts
-        elapsed = self._clock() - start
+        elapsed = end - start
         overrun = max(0.0, elapsed - max_seconds)
-        late = overrun > slowest_step + read_seconds + LATE_SLACK_SECONDS
+        late = overrun > slowest_step + end_seconds + LATE_SLACK_SECONDS
         self.chunks += 1
         self.late_chunks += int(late)
         out["learner/nonfinite_total"] = float(self.algorithm.nonfinite_total)  # a counter

@@ -224,8 +224,11 @@ def _umount(path: Path) -> None:
 
 
 def test_a_read_only_checkpoint_directory_is_counted_and_training_goes_on(tmp_path):
+    # keep_checkpoints=100: the checkpoints written before the mount are never pruned by the
+    # ones written after it, however many of those come before the stop
     proc = _start(tmp_path, "run.checkpoint_every=100000000", "run.checkpoint_every_seconds=2",
-                  "run.checkpoint_failure_tolerance_seconds=600", "run.progress=false")
+                  "run.checkpoint_failure_tolerance_seconds=600", "run.keep_checkpoints=100",
+                  "run.progress=false")
     ckpts, mounted = None, False
     try:
         run_dir = _wait_for(lambda: _run_dir(tmp_path), proc, "run directory")
@@ -303,8 +306,9 @@ def test_a_killed_learner_restarts_from_the_newest_checkpoint_and_past_max_resta
     """SIGKILL the learner: Ray restarts it from the newest checkpoint, the run goes on and its
     rows count the restart. Killed again past learner.max_restarts (1): one clear reason, the
     resume command, exit code 1, no traceback."""
+    # keep_checkpoints=100: a checkpoint listed here is not pruned before it is read
     proc = _start(tmp_path, "run.checkpoint_every=100000000", "run.checkpoint_every_seconds=1",
-                  "learner.max_restarts=1", "run.progress=false")
+                  "learner.max_restarts=1", "run.keep_checkpoints=100", "run.progress=false")
     try:
         run_dir = _wait_for(lambda: _run_dir(tmp_path), proc, "run directory")
         _wait_for(lambda: any(_updates(p) > 0 for p in _checkpoints(run_dir)), proc, "a checkpoint with updates")

@@ -83,8 +83,9 @@ def test_olaux_lowers_the_weight_of_an_adversarial_aux_term(tmp_path, ray_addres
     helpful = run.series("combiner/w/aux/helpful")
     dots = run.series("combiner/dot/aux/adversarial")
     assert len(adversarial) >= 3, run.rows[-1]
-    # w starts at 1 (the first metric row comes some horizons in): it falls, and far.
-    assert adversarial[-1] < min(0.5, adversarial[0]), adversarial
+    # w starts at exactly 1 (combiners/olaux.py): it falls, and far. The first metric row is no
+    # baseline: it comes some horizons in and may already read the clamp at 0.
+    assert adversarial[-1] < 0.5, adversarial
     assert helpful[-1] > 1.0, helpful
     assert sum(d < 0 for d in dots) > len(dots) / 2, dots
 

@@ -14,15 +14,14 @@ pytestmark = pytest.mark.learning
 HANG_GUARD = 900  # seconds; the budgets are env steps
 
 
-# Random actions score about -1,200 on Pendulum-v1; a learned swing-up about -150 to -250.
+# Random actions score about -1,200 on Pendulum-v1; a learned swing-up about -150 to -250. The
+# run's own first rows are no baseline (they may hold learned episodes): the target is absolute.
 PENDULUM_TARGET = -400.0
 
 
 def test_sac_learns_pendulum(tmp_path, ray_address):
     run = train(tmp_path, "configs/pendulum_sac.yaml", "run.total_frames=10000",
                 address=ray_address, hang_guard=HANG_GUARD)
-    returns = run.series("return/Pendulum-v1")
-    assert returns[0] < -900, f"the first episodes should be random, got {returns[0]}"
     # The run ends with an evaluation of the deterministic policy on fresh episodes.
     final = run.series("eval/return/Pendulum-v1")[-1]
     assert final >= PENDULUM_TARGET, f"evaluated return {final} after {run.rows[-1]['frames']} steps"

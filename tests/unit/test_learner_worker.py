@@ -147,13 +147,13 @@ def test_a_chunk_that_gets_no_batch_ends_at_max_seconds(tick):
     out = worker.train(max_updates=5, max_seconds=10 * tick)
     # The clock moves 1 s per reading; each round reads it four times (the loop check, before
     # the fetch, for the receive's timeout, after the receive) and waits 2 s. Start 101; checks
-    # at 1, 5, 9 s pass and the one at 13 s ends the chunk; the metric read, the publish check
-    # and the end read the clock three times more: 17 s.
+    # at 1, 5, 9 s pass and the one at 13 s ends the chunk; the closing work's start, the
+    # publish check and the end read the clock three times more: 16 s.
     assert algorithm.updates == 0 and out["metrics"]["learner/updates_in_chunk"] == 0
     assert out["metrics"]["learner/sample_timeouts"] == 3.0 and source.requests == 4
-    assert out["metrics"]["learner/seconds"] == 17 * tick
-    assert out["metrics"]["learner/overrun_seconds"] == 7 * tick
-    assert out["metrics"]["learner/wait_fraction"] == pytest.approx(6 / 17)
+    assert out["metrics"]["learner/seconds"] == 16 * tick
+    assert out["metrics"]["learner/overrun_seconds"] == 6 * tick
+    assert out["metrics"]["learner/wait_fraction"] == pytest.approx(6 / 16)
     assert out["metrics"]["learner/lag_mean"] == 0.0
 
 

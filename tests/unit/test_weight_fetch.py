@@ -89,18 +89,25 @@ def test_first_waits_for_the_learner_s_first_publish():
 def test_first_gives_up_at_its_deadline_when_nothing_is_published():
     store = Store(newest=-1)
     fetcher = WeightFetcher(store, timeout=5.0, get=Get(store))
-    assert fetcher.first(seconds=0.05, poll=0.001) is None
+    # 0.5 s of 1 ms polls: asked again and again, however loaded the machine
+    assert fetcher.first(seconds=0.5, poll=0.001) is None
     assert len(store.asked) > 1 and fetcher.fetches == 0
 
 
 @pytest.mark.timeout(30)  # a first() deaf to stop would wait for ever
 def test_first_returns_nothing_once_asked_to_stop():
     # what a rollout actor's loop waits with when no weights came while it was constructed
-    store = Store(newest=-1)
-    fetcher = WeightFetcher(store, timeout=5.0, get=Get(store))
     stop = threading.Event()
-    stopper = threading.Timer(0.05, stop.set)
-    stopper.start()
+
+    class StoppingStore(Store):
+        """Nothing published; the stop comes while `first` polls, at the third ask."""
+
+        def remote(self, version: int):
+            if len(self.asked) == 2:
+                stop.set()
+            return super().remote(version)
+
+    store = StoppingStore(newest=-1)
+    fetcher = WeightFetcher(store, timeout=5.0, get=Get(store))
     assert fetcher.first(poll=0.001, stop=stop) is None  # no deadline: only the stop ends it
-    stopper.join()
-    assert stop.is_set() and len(store.asked) > 1 and fetcher.fetches == 0
+    assert store.asked == [-1, -1, -1] and fetcher.fetches == 0
