@@ -2,23 +2,27 @@
 same machine, one after the other in one run (issue 18, item 5).
 
 Each side trains until its deterministic policy's mean return over 5 evaluation episodes first
-reaches -200, evaluated every E env steps, or until the limit (seconds from the start of its
+reaches -200, evaluated every E updates, or until the limit (seconds from the start of its
 process, or env steps); a side past it is reported as not reached. Reported for each: env steps
-and wall seconds to -200, the last evaluation's return, and accord / SB3.
+and wall seconds to -200, the last evaluation's return, and accord / SB3. Both sides make one
+update per env step once learning starts, so evaluating the policies of the same updates puts
+both sides' evaluations on one grid of env steps.
 
 - accord: `accord train configs/pendulum_defaults.yaml` in its own process, only `run.*`
   settings added (evaluation cadence, seed, limits, run directory, a row a second). Its
-  evaluator plays the newest published policy every `run.eval_every` updates; at the default
-  ratio of one update per env step (replay.samples_per_insert = batch) that is every E env
-  steps. An evaluation's env steps are those of the moment its policy was published: the
+  evaluator plays the policy of every `run.eval_every`-th update (E); at the default ratio of
+  one update per env step (replay.samples_per_insert = batch) that is every E env steps. An
+  evaluation's env steps are those of the moment its policy was published: the
   version it reports is an update count, mapped to env steps through the (updates, frames) of
   the metric rows. Its seconds are the `wall_time` of the row that carries it (written within
   a second of the result), plus the time from the process start to the metrics clock's zero,
   so Ray's start-up and the actors' creation count.
 - SB3: `SAC("MlpPolicy", "Pendulum-v1")` with its defaults and one torch thread, in a separate
   Python that has stable-baselines3 (never a dependency of this project), running this file
-  as a script; its `EvalCallback` evaluates every E env steps (5 deterministic episodes) and
-  each result is printed as one line, timed when it arrives here.
+  as a script; a callback evaluates (SB3's `evaluate_policy`, 5 deterministic episodes) once
+  its update count reaches each multiple of E, and each result is printed as one line, timed
+  when it arrives here. (SB3's `EvalCallback` counts env steps, which run ahead of its updates
+  by learning_starts: on it, SB3's evaluations fell 100 env steps earlier than accord's.)
 
     accord bench pendulum [--eval-every 500] [--limit 300] [--max-steps 30000] [--seed 0]
                           [--sb3-python /tmp/sb3/bin/python]
@@ -95,29 +99,39 @@ def sb3_child(eval_every: int, limit: float, max_steps: int, seed: int) -> None:
     import gymnasium as gym
     import torch
     from stable_baselines3 import SAC
-    from stable_baselines3.common.callbacks import BaseCallback, CallbackList, EvalCallback
+    from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+    from stable_baselines3.common.evaluation import evaluate_policy
     from stable_baselines3.common.monitor import Monitor
+    from stable_baselines3.common.vec_env import DummyVecEnv
 
     torch.set_num_threads(1)
+    eval_env = DummyVecEnv([lambda: Monitor(gym.make("Pendulum-v1"))])
+    eval_env.seed(seed + 10_000)
 
-    class Report(BaseCallback):
-        """After each evaluation: one line, and stop once the target is reached."""
+    class EvaluateEveryUpdates(BaseCallback):
+        """At each multiple of `eval_every` updates: one evaluation, one line, and a stop once
+        the target is reached."""
+
+        def __init__(self):
+            super().__init__()
+            self.next_at = eval_every
 
         def _on_step(self) -> bool:
+            if self.model._n_updates < self.next_at:
+                return True
+            self.next_at += eval_every
+            mean_return, _ = evaluate_policy(self.model, eval_env, n_eval_episodes=EPISODES,
+                                             deterministic=True)
             print(f"sb3-eval steps={self.num_timesteps} updates={self.model._n_updates} "
-                  f"return={self.parent.last_mean_reward:.3f}", flush=True)
-            return self.parent.last_mean_reward < TARGET
+                  f"return={mean_return:.3f}", flush=True)
+            return mean_return < TARGET
 
     class TimeLimit(BaseCallback):
         def _on_step(self) -> bool:
             return time.monotonic() - start < limit
 
     model = SAC("MlpPolicy", "Pendulum-v1", seed=seed)
-    evaluation = EvalCallback(Monitor(gym.make("Pendulum-v1")), n_eval_episodes=EPISODES,
-                              eval_freq=eval_every, deterministic=True,
-                              callback_after_eval=Report(), verbose=0)
-    evaluation.eval_env.seed(seed + 10_000)
-    model.learn(total_timesteps=max_steps, callback=CallbackList([evaluation, TimeLimit()]))
+    model.learn(total_timesteps=max_steps, callback=CallbackList([EvaluateEveryUpdates(), TimeLimit()]))
     print(f"sb3-done steps={model.num_timesteps}", flush=True)
 
 
@@ -256,7 +270,7 @@ def main(eval_every: int = 500, limit: float = 300.0, max_steps: int = 30_000, s
     console.print(f"done, {_load()}")
 
     table = Table(title=f"Pendulum-v1 to a mean return of {TARGET:.0f} (deterministic, "
-                        f"{EPISODES} episodes every {eval_every} env steps; limit {limit:.0f} s "
+                        f"{EPISODES} episodes every {eval_every} updates; limit {limit:.0f} s "
                         f"or {max_steps:,} env steps; seed {seed})")
     for col in ("method", "env steps to -200", "seconds to -200", "updates then",
                 "return then", "final eval return"):
