@@ -34,8 +34,8 @@ class LearnerWorker:
     fraction.
 
     A chunk is late when it ends more than its slowest update, its closing work (the metric
-    read and the publish of its last update, itself bounded by `FLUSH_SECONDS`) and
-    `LATE_SLACK_SECONDS` after `max_seconds`: an update is never cut short, so that is the most
+    read and the publish of its last update, each of its waits bounded by `FLUSH_SECONDS`)
+    and `LATE_SLACK_SECONDS` after `max_seconds`: an update is never cut short, so that is the most
     a chunk whose every wait is bounded can overrun. Late chunks are counted (`late_chunks`)."""
 
     def __init__(self, algorithm: Algorithm, source: BatchSource, publish_every: int,

@@ -1,6 +1,8 @@
 """SAC through the real CLI, rollout actors, replay table and learner, budgeted in env steps:
 Pendulum-v1 must learn, and the cheap multi-task point-goal tasks must improve with `sum` and
 with `pcgrad`."""
+import functools
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -36,6 +38,7 @@ POINT_GOAL_TASKS = ("PointGoal-NE-v0", "PointGoal-NW-v0", "PointGoal-SW-v0", "Po
 MARGIN = 30.0
 
 
+@functools.cache  # the same floor for every combiner's run
 def random_policy_return(task: str, episodes: int = 200) -> float:
     """The mean episode return of uniform random actions on `task`: the floor a run is measured
     from (a run's own first logged episodes are no floor: they may already be learned ones)."""
