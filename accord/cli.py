@@ -298,7 +298,7 @@ def bench_peer(
 
 @bench_app.command("pendulum")
 def bench_pendulum(
-    eval_every: int = typer.Option(500, min=1, help="Updates between evaluations (5 deterministic episodes), both sides: one update per env step past learning starts."),
+    eval_every: int = typer.Option(500, min=1, help="Env steps past learning starts between evaluations (5 deterministic episodes), both sides: every E updates of SB3 (one per env step), every E x learner.sac.updates_per_step of accord."),
     limit: float = typer.Option(300.0, help="Seconds from a side's process start before it counts as not reached."),
     max_steps: int = typer.Option(30_000, min=1, help="Env steps before a side counts as not reached."),
     seed: int = typer.Option(0, min=0, help="Seed of both sides."),

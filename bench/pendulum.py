@@ -4,14 +4,15 @@ same machine, one after the other in one run (issue 18, item 5).
 Each side trains until its deterministic policy's mean return over 5 evaluation episodes first
 reaches -200, evaluated every E updates, or until the limit (seconds from the start of its
 process, or env steps); a side past it is reported as not reached. Reported for each: env steps
-and wall seconds to -200, the last evaluation's return, and accord / SB3. Both sides make one
-update per env step once learning starts, so evaluating the policies of the same updates puts
-both sides' evaluations on one grid of env steps.
+and wall seconds to -200, the last evaluation's return, and accord / SB3. Once learning starts,
+SB3 makes one update per env step and accord `learner.sac.updates_per_step` (r); evaluating SB3
+at every E-th update and accord at every (r x E)-th puts both sides' evaluations on one grid of
+env steps (every E past learning starts), so neither side is looked at more often.
 
 - accord: `accord train configs/pendulum_defaults.yaml` in its own process, only `run.*`
   settings added (evaluation cadence, seed, limits, run directory, a row a second). Its
-  evaluator plays the policy of every `run.eval_every`-th update (E); at the default ratio of
-  one update per env step (replay.samples_per_insert = batch) that is every E env steps. An
+  evaluator plays the policy of every `run.eval_every`-th update (r x E); at the config's ratio
+  of r updates per env step (replay.samples_per_insert: auto) that is every E env steps. An
   evaluation's env steps are those of the moment its policy was published: the
   version it reports is an update count, mapped to env steps through the (updates, frames) of
   the metric rows. Its seconds are the `wall_time` of the row that carries it (written within
@@ -188,10 +189,25 @@ def accord_evaluations(rows: list[dict], clock_zero: float) -> list[Evaluation]:
             for r in rows if r.get(column)]
 
 
+def accord_eval_every(eval_every: int) -> int:
+    """accord's `run.eval_every` (updates) for an evaluation every `eval_every` env steps past
+    learning starts, at the config's updates per env step."""
+    from accord.config import load_config  # not at the top: the SB3 side has no accord
+
+    cfg = load_config(CONFIG, [])
+    updates = eval_every * cfg.learner.sac.updates_per_step
+    if cfg.replay.samples_per_insert != cfg.learner.sac.batch_per_task * cfg.learner.sac.updates_per_step \
+            or updates != int(updates):
+        raise ValueError(f"{CONFIG.name}: the bench needs replay.samples_per_insert auto and a whole "
+                         f"number of updates per {eval_every} env steps; got "
+                         f"samples_per_insert {cfg.replay.samples_per_insert}, {updates} updates")
+    return int(updates)
+
+
 def run_accord(eval_every: int, limit: float, max_steps: int, seed: int) -> Side:
     with tempfile.TemporaryDirectory() as root:
         cmd = [sys.executable, "-m", "accord.cli", "train", str(CONFIG)]
-        for item in (f"run.root={root}", f"run.eval_every={eval_every}",
+        for item in (f"run.root={root}", f"run.eval_every={accord_eval_every(eval_every)}",
                      f"run.eval_episodes={EPISODES}", f"run.seed={seed}",
                      f"run.max_seconds={limit}", f"run.total_frames={max_steps}",
                      "run.log_every=1", "run.progress=false"):
@@ -270,7 +286,7 @@ def main(eval_every: int = 500, limit: float = 300.0, max_steps: int = 30_000, s
     console.print(f"done, {_load()}")
 
     table = Table(title=f"Pendulum-v1 to a mean return of {TARGET:.0f} (deterministic, "
-                        f"{EPISODES} episodes every {eval_every} updates; limit {limit:.0f} s "
+                        f"{EPISODES} episodes every {eval_every} env steps; limit {limit:.0f} s "
                         f"or {max_steps:,} env steps; seed {seed})")
     for col in ("method", "env steps to -200", "seconds to -200", "updates then",
                 "return then", "final eval return"):

@@ -3,7 +3,8 @@ learner's math without the distributed run around it (`accord bench pendulum` ru
 system against SB3).
 
 One env; a uniform action for the first `learning_starts` steps; from then on, after every env
-step, one `SacLearner.step` on `batch_per_task` rows drawn uniformly from everything stored; the
+step, `updates_per_step` `SacLearner.step`s (a fractional ratio carries its remainder to the next
+step), each on `batch_per_task` rows drawn uniformly from everything stored; the
 env acts with the learner's newest actor, or with a copy refreshed every `--refresh-every`
 updates (what a publish cadence gives the actors of a run). Every `--eval-every` env steps, 5
 deterministic episodes on a separate env; stops at the first mean return >= -200. The
@@ -69,6 +70,7 @@ def run(seed: int, refresh_every: int = 1, eval_every: int = 500, max_steps: int
     learner = SacLearner(cfg, spec)
     behaviour = copy.deepcopy(learner.actor)
     starts, n = cfg.replay.learning_starts, cfg.learner.sac.batch_per_task
+    ratio, owed = cfg.learner.sac.updates_per_step, 0.0
     env, eval_env = gym.make(ENV_ID), gym.make(ENV_ID)
     obs, _ = env.reset(seed=seed)
     eval_env.reset(seed=seed + 10_000)
@@ -86,11 +88,14 @@ def run(seed: int, refresh_every: int = 1, eval_every: int = 500, max_steps: int
             store[key][step - 1] = value
         obs = env.reset()[0] if terminated or truncated else next_obs
         if step >= starts:
-            rows = rng.integers(0, step, n)
-            batch = {key: column[rows][None] for key, column in store.items()}
-            learner.step({**batch, "truncated": np.zeros((1, n), bool), "inserted": step})
-            if learner.steps % refresh_every == 0:
-                behaviour.load_state_dict(learner.actor.state_dict())
+            owed += ratio
+            while owed >= 1:
+                owed -= 1
+                rows = rng.integers(0, step, n)
+                batch = {key: column[rows][None] for key, column in store.items()}
+                learner.step({**batch, "truncated": np.zeros((1, n), bool), "inserted": step})
+                if learner.steps % refresh_every == 0:
+                    behaviour.load_state_dict(learner.actor.state_dict())
         if step % eval_every == 0:
             mean_return = _evaluate(learner.actor, eval_env)
             print(f"env steps {step:,}: mean return {mean_return:.0f} ({time.monotonic() - start:.0f} s)",
@@ -107,6 +112,8 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--max-steps", type=int, default=20_000)
     args = parser.parse_args()
+    # As the learner actor (learner/remote.py); here, not in `run`, which tests call in process.
+    torch.set_flush_denormal(True)
     reached = run(args.seed, args.refresh_every, args.eval_every, args.max_steps)
     print(f"seed {args.seed}, refresh every {args.refresh_every}: "
           + (f"-200 at {reached:,} env steps" if reached else f"not -200 within {args.max_steps:,}"))

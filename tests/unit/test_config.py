@@ -221,10 +221,17 @@ def test_task_names_are_made_canonical():
     assert cfg.env.tasks == ("breakout", "pong")
 
 
-def test_sac_rate_limit_defaults_to_one_update_per_env_step_of_every_task():
+def test_sac_rate_limit_defaults_to_updates_per_step_updates_per_env_step_of_every_task():
     sac = ["env.kind=gym", "env.tasks=[Pendulum-v1]", "learner.algorithm=sac"]
-    assert load_config(None, sac).replay.samples_per_insert == 256.0  # learner.sac.batch_per_task
-    assert load_config(None, [*sac, "learner.sac.batch_per_task=64"]).replay.samples_per_insert == 64.0
+    cfg = load_config(None, sac)
+    assert (cfg.learner.sac.batch_per_task, cfg.learner.sac.updates_per_step) == (128, 1.5)
+    assert cfg.replay.samples_per_insert == 192.0  # 3 updates of 128 rows every 2 env steps
+    assert load_config(None, [*sac, "learner.sac.batch_per_task=64"]).replay.samples_per_insert == 96.0
+    one = load_config(None, [*sac, "learner.sac.batch_per_task=64", "learner.sac.updates_per_step=1"])
+    assert one.replay.samples_per_insert == 64.0
+    assert load_config(None, [*sac, "learner.sac.updates_per_step=0.5"]).replay.samples_per_insert == 64.0
+    with pytest.raises(ConfigError, match=r"^learner\.sac\.updates_per_step: "):
+        load_config(None, [*sac, "learner.sac.updates_per_step=0"])
     assert load_config(None, [*sac, "replay.samples_per_insert=null"]).replay.samples_per_insert is None
     assert load_config(None, [*sac, "replay.samples_per_insert=3"]).replay.samples_per_insert == 3.0
     with pytest.raises(ConfigError, match=r"^replay\.samples_per_insert: must be > 0"):
@@ -235,7 +242,7 @@ def test_sac_acts_with_one_actor_of_one_env_unless_told_otherwise_and_impala_kee
     sac = ["env.kind=gym", "env.tasks=[Pendulum-v1]", "learner.algorithm=sac"]
     cfg = load_config(None, sac)
     assert (cfg.actors.num_actors, cfg.env.envs_per_actor) == (1, 1)
-    assert cfg.replay.samples_per_insert == 256.0  # still one update per env step
+    assert cfg.replay.samples_per_insert == 192.0  # still 1.5 updates of 128 rows per env step
     cfg = load_config(None, [*sac, "actors.num_actors=3", "env.envs_per_actor=4"])
     assert (cfg.actors.num_actors, cfg.env.envs_per_actor) == (3, 4)
     cfg = load_config(None, [*sac, "actors.num_actors=0", "replay.grpc.port=50051"])

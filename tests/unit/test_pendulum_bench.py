@@ -2,8 +2,9 @@
 rows, the first evaluation at -200 and the ratios (no training, no timing)."""
 import pytest
 
-from bench.pendulum import (Evaluation, Side, accord_evaluations, csv_rows, first_reaching,
-                            parse_sb3_line, ratio, steps_at_update)
+import bench.pendulum as bench
+from bench.pendulum import (Evaluation, Side, accord_eval_every, accord_evaluations, csv_rows,
+                            first_reaching, parse_sb3_line, ratio, steps_at_update)
 
 
 def test_sb3_lines_parse_and_other_output_is_ignored():
@@ -55,3 +56,20 @@ def test_ratios_and_lower_bounds_when_a_side_does_not_reach():
     assert ratio(short, sb3, "steps") == "> 0.75" and ratio(short, sb3, "seconds") == "> 7.50"
     unreached = Side("SB3 SAC", [Evaluation(4000, 40.0, -400.0)], 4000, 40.0)
     assert ratio(accord, unreached, "steps") == "-"
+
+
+def test_accord_is_evaluated_on_sb3_s_grid_of_env_steps_at_its_own_updates_per_step(tmp_path, monkeypatch):
+    # configs/pendulum_defaults.yaml: 1.5 updates per env step, so every 500 env steps is every
+    # 750 updates (SB3, one update per env step, is evaluated every 500 updates).
+    assert accord_eval_every(500) == 750
+    config = tmp_path / "pendulum.yaml"
+    config.write_text("env: {kind: gym, tasks: [Pendulum-v1]}\nlearner: {algorithm: sac, "
+                      "sac: {updates_per_step: 2.5}}\n")
+    monkeypatch.setattr(bench, "CONFIG", config)
+    assert accord_eval_every(500) == 1250
+    with pytest.raises(ValueError, match="whole number of updates"):
+        accord_eval_every(301)
+    config.write_text("env: {kind: gym, tasks: [Pendulum-v1]}\nlearner: {algorithm: sac}\n"
+                      "replay: {samples_per_insert: 100}\n")
+    with pytest.raises(ValueError, match="samples_per_insert auto"):
+        accord_eval_every(500)
