@@ -2,8 +2,8 @@
 same machine, one after the other in one run (issue 18, item 5).
 
 Each side trains until its deterministic policy's mean return over 5 evaluation episodes first
-reaches -200, evaluated every E updates, or until the limit (seconds from the start of its
-process, or env steps); a side past it is reported as not reached. Reported for each: env steps
+reaches -200, evaluated every E env steps past learning starts, or until the limit (seconds
+from the start of its process, or env steps); a side past it is reported as not reached. Reported for each: env steps
 and wall seconds to -200, the last evaluation's return, and accord / SB3. Once learning starts,
 SB3 makes one update per env step and accord `learner.sac.updates_per_step` (r); evaluating SB3
 at every E-th update and accord at every (r x E)-th puts both sides' evaluations on one grid of
