@@ -3,11 +3,12 @@ same machine, one after the other in one run (issue 18, item 5).
 
 Each side trains until its deterministic policy's mean return over 5 evaluation episodes first
 reaches -200, evaluated every E env steps past learning starts, or until the limit (seconds
-from the start of its process, or env steps); a side past it is reported as not reached. Reported for each: env steps
-and wall seconds to -200, the last evaluation's return, and accord / SB3. Once learning starts,
-SB3 makes one update per env step and accord `learner.sac.updates_per_step` (r); evaluating SB3
-at every E-th update and accord at every (r x E)-th puts both sides' evaluations on one grid of
-env steps (every E past learning starts), so neither side is looked at more often.
+from the start of its process, or env steps); a side past it is reported as not reached.
+Reported for each: env steps and wall seconds to -200, the last evaluation's return, and
+accord / SB3. Once learning starts, SB3 makes one update per env step and accord
+`learner.sac.updates_per_step` (r); evaluating SB3 at every E-th update and accord at every
+(r x E)-th puts both sides' evaluations on one grid of env steps (every E past learning
+starts), so neither side is looked at more often.
 
 - accord: `accord train configs/pendulum_defaults.yaml` in its own process, only `run.*`
   settings added (evaluation cadence, seed, limits, run directory, a row a second). Its
@@ -196,7 +197,8 @@ def accord_eval_every(eval_every: int) -> int:
 
     cfg = load_config(CONFIG, [])
     updates = eval_every * cfg.learner.sac.updates_per_step
-    if cfg.replay.samples_per_insert != cfg.learner.sac.batch_per_task * cfg.learner.sac.updates_per_step \
+    sac = cfg.learner.sac
+    if cfg.replay.samples_per_insert != sac.batch_per_task * sac.updates_per_step \
             or updates != int(updates):
         raise ValueError(f"{CONFIG.name}: the bench needs replay.samples_per_insert auto and a whole "
                          f"number of updates per {eval_every} env steps; got "
