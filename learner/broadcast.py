@@ -36,5 +36,6 @@ class LatestWeights:
 class WeightStore(LatestWeights):
     def __repr__(self) -> str:
         # Ray reads the repr once the actor has started (Actors page, log prefix), before the
-        # learner publishes, so it names the role only.
-        return "WeightStore(weights of the learner, for the rollout actors and the evaluator)"
+        # learner publishes, so it names the role only (who reads them depends on the run: the
+        # rollout actors or their inference servers, and the evaluator where there is one).
+        return "WeightStore(the learner's newest published weights)"
