@@ -16,6 +16,9 @@ Meta-World's (papers 003/004): MT10 (K=10 tasks, obs 39 + 10 one-hot) and MT50 (
   in the warm-up, outside the timing; left out of `--quick`).
 - `sac (sum), before`: the update as it ran before it was a device program
   (bench/sac_before.py): vmapped losses, host reads of every metric and check, unfused Adam.
+- `sac (sum), plain`: the same update written plainly (bench/sac_plain.py: the same networks
+  and arithmetic, nothing around them), the floor of what the learner's update can cost on
+  that device when it runs eagerly.
 - `sac + naive pcgrad loop`: K forward/backward passes per network, then Alg. 1 of paper 003
   on flat vectors, one pair at a time (what a straightforward implementation does).
 
@@ -33,6 +36,7 @@ import torch
 
 from accord.config import config_from_dict
 from bench.sac_before import HostSyncedSacLearner
+from bench.sac_plain import PlainSacUpdate
 from combiners import flatten, write_grads
 from envs import EnvSpec
 from learner.sac.learner import SacLearner
@@ -80,11 +84,13 @@ METHODS = {
     "sac (sum), compiled": ("sum", "compile", SacLearner),
     "sac + pcgrad, eager": ("pcgrad", "off", SacLearner),
     "sac (sum), before": ("sum", "off", HostSyncedSacLearner),
+    "sac (sum), plain": ("sum", "off", PlainSacUpdate),
     "sac + naive pcgrad loop": ("naive", "off", SacLearner),
 }
 
 
-def _learner(K: int, method: str, hidden: tuple[int, ...], device: str) -> SacLearner:
+def _learner(K: int, method: str, hidden: tuple[int, ...],
+             device: str) -> SacLearner | PlainSacUpdate:
     combiner, mode, cls = METHODS[method]
     cfg = config_from_dict({
         "env": {"kind": "gym", "tasks": [f"task{k}" for k in range(K)]},  # shapes only: no env is made
@@ -95,7 +101,10 @@ def _learner(K: int, method: str, hidden: tuple[int, ...], device: str) -> SacLe
                     "sac": {"model": "mtsac", "hidden": list(hidden)}},
     })
     torch.manual_seed(0)
-    learner = cls(cfg, EnvSpec((OBS + K,), np.dtype(np.float32), action_dim=ACTION), device)
+    spec = EnvSpec((OBS + K,), np.dtype(np.float32), action_dim=ACTION)
+    if cls is PlainSacUpdate:   # the learner's networks, run plainly
+        return PlainSacUpdate(SacLearner(cfg, spec, device))
+    learner = cls(cfg, spec, device)
     if combiner == "naive":
         learner._critic_split = NaivePCGradSplit(learner.critic, K)
         learner._actor_split = NaivePCGradSplit(learner.actor, K)
@@ -161,8 +170,9 @@ def main(device: str = "cpu", quick: bool = False) -> list[dict]:
                    "ratio": times[label] / times["sac (sum)"], "device": device}
             rows.append(row)
             print(f"{case:40} {label:28} {row['ms']:10.2f} {row['ratio']:12.2f}x", flush=True)
-        print(f"{case:40} {'sum now / before':28} {'':10} "
-              f"{times['sac (sum)'] / times['sac (sum), before']:12.2f}x", flush=True)
+        for baseline in ("before", "plain"):
+            print(f"{case:40} {'sum now / ' + baseline:28} {'':10} "
+                  f"{times['sac (sum)'] / times['sac (sum), ' + baseline]:12.2f}x", flush=True)
     return rows
 
 
