@@ -196,8 +196,8 @@ def accord_eval_every(eval_every: int) -> int:
     from accord.config import load_config  # not at the top: the SB3 side has no accord
 
     cfg = load_config(CONFIG, [])
-    updates = eval_every * cfg.learner.sac.updates_per_step
     sac = cfg.learner.sac
+    updates = eval_every * sac.updates_per_step
     if cfg.replay.samples_per_insert != sac.batch_per_task * sac.updates_per_step \
             or updates != int(updates):
         raise ValueError(f"{CONFIG.name}: the bench needs replay.samples_per_insert auto and a whole "
