@@ -282,7 +282,11 @@ class LearnerConfig(_Section):
                                "updates' path; a chunk's end publishes what its updates earned. 0: "
                                "every publish_every updates.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when the cluster has a GPU.")
-    bf16: bool = Field(False, description="bf16 autocast for the forward pass on CUDA.")
+    bf16: bool = Field(
+        False, description="bfloat16 autocast of the networks' forward passes, on CUDA and on the CPU "
+                           "(worth it where the CPU has bfloat16 matrix units, AMX); weights, "
+                           "gradients, the combiner, the optimizer and SAC's output layers stay "
+                           "float32.")
     compile: Literal["auto", "off", "compile", "graphs"] = Field(
         "auto", description="How the update runs: off: eagerly (the readable reference); compile: "
                             "torch.compile; graphs: captured once as a CUDA graph and replayed (CUDA "

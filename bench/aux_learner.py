@@ -17,12 +17,12 @@ SELF_SUPERVISED = ("inverse_dynamics", "forward_dynamics", "reward", "autoencode
 
 
 def impala_config(T: int, B: int, combiner: str, options: dict | None = None,
-                  strategy: str = "batched"):
+                  strategy: str = "batched", bf16: bool = False):
     return config_from_dict({
         "env": {"kind": "atari", "tasks": ["breakout"]},
         "actors": {"unroll_length": T},
         # No lr decay: every learner steps with the same lr however long the run.
-        "learner": {"model": "nature", "batch_size": B, "lr_decay": False,
+        "learner": {"model": "nature", "batch_size": B, "lr_decay": False, "bf16": bf16,
                     "aux": {name: {} for name in SELF_SUPERVISED},
                     "combiner": {"name": combiner, "options": options or {},
                                  "strategy": strategy}},
@@ -47,16 +47,17 @@ def impala_case(T: int, B: int, device: str, seed: int = 0):
     """(name, learner) per method: separate learners, identical initial weights."""
     from learner.impala.learner import ImpalaLearner
 
-    methods = [("plain", "sum", {}, "batched"),
-               ("cosine_gate every=1", "cosine_gate", {"every": 1}, "batched"),
-               ("cosine_gate every=8", "cosine_gate", {"every": 8}, "batched"),
-               ("olaux", "olaux", {}, "batched"),
-               ("olaux forward", "olaux", {}, "forward")]   # dot products by forward mode
+    methods = [("plain", "sum", {}, "batched", False),
+               ("cosine_gate every=1", "cosine_gate", {"every": 1}, "batched", False),
+               ("cosine_gate every=8", "cosine_gate", {"every": 8}, "batched", False),
+               ("olaux", "olaux", {}, "batched", False),
+               ("olaux forward", "olaux", {}, "forward", False),   # dot products by forward mode
+               ("plain, bf16", "sum", {}, "batched", True)]          # learner.bf16
     learners = []
-    for name, combiner, options, strategy in methods:
+    for name, combiner, options, strategy, bf16 in methods:
         torch.manual_seed(seed)
-        learners.append((name, ImpalaLearner(impala_config(T, B, combiner, options, strategy),
-                                             ATARI_SPEC, device=device)))
+        config = impala_config(T, B, combiner, options, strategy, bf16)
+        learners.append((name, ImpalaLearner(config, ATARI_SPEC, device=device)))
     return learners
 
 

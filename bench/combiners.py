@@ -13,6 +13,7 @@ side in one run (interleaved, after warm-up, median over repeats).
     autoencoder). Plain is `sum`: V-trace plus the four aux terms, one backward; each combiner
     runs in its own learner built from the same seed, all on one fixed batch. "olaux forward"
     is OL-AUX with `learner.combiner.strategy: forward` (dot products from a forward-mode pass).
+    "plain, bf16" is the plain update with `learner.bf16` (the forward passes in bfloat16).
 
     python -m bench.combiners --device cuda        # or: accord bench combiners --device cuda
 """

@@ -11,6 +11,9 @@ Meta-World's (papers 003/004): MT10 (K=10 tasks, obs 39 + 10 one-hot) and MT50 (
   Σ_k J_k per network. Every ratio is against this row.
 - `sac + pcgrad (task-split)`: K per-task gradients on the shared weights from one vmapped
   pass, then PCGrad on the device.
+- `sac (sum), bf16` and `sac + pcgrad, bf16`: the same with `learner.bf16`, the hidden layers'
+  products in bfloat16 (on a GPU's tensor cores; on a CPU's AMX units where it has them, and
+  possibly slower than float32 where it has not).
 - `..., eager` (CUDA only): the same update with `learner.compile: off`, what the graph saves.
 - `sac (sum), compiled`: `learner.compile: compile` (torch.compile; its compile time is spent
   in the warm-up, outside the timing; left out of `--quick`).
@@ -76,26 +79,29 @@ class NaivePCGradSplit:
         return {}, {n: torch.stack([a[n] for a in auxes]) for n in auxes[0]}
 
 
-# method -> (combiner, learner.compile, learner class); "naive" swaps in the per-task loop
+# method -> (combiner, learner.compile, learner.bf16, learner class); "naive" swaps in the
+# per-task loop
 METHODS = {
-    "sac (sum)": ("sum", "auto", SacLearner),
-    "sac + pcgrad (task-split)": ("pcgrad", "auto", SacLearner),
-    "sac (sum), eager": ("sum", "off", SacLearner),
-    "sac (sum), compiled": ("sum", "compile", SacLearner),
-    "sac + pcgrad, eager": ("pcgrad", "off", SacLearner),
-    "sac (sum), before": ("sum", "off", HostSyncedSacLearner),
-    "sac (sum), plain": ("sum", "off", PlainSacUpdate),
-    "sac + naive pcgrad loop": ("naive", "off", SacLearner),
+    "sac (sum)": ("sum", "auto", False, SacLearner),
+    "sac + pcgrad (task-split)": ("pcgrad", "auto", False, SacLearner),
+    "sac (sum), bf16": ("sum", "auto", True, SacLearner),
+    "sac + pcgrad, bf16": ("pcgrad", "auto", True, SacLearner),
+    "sac (sum), eager": ("sum", "off", False, SacLearner),
+    "sac (sum), compiled": ("sum", "compile", False, SacLearner),
+    "sac + pcgrad, eager": ("pcgrad", "off", False, SacLearner),
+    "sac (sum), before": ("sum", "off", False, HostSyncedSacLearner),
+    "sac (sum), plain": ("sum", "off", False, PlainSacUpdate),
+    "sac + naive pcgrad loop": ("naive", "off", False, SacLearner),
 }
 
 
 def _learner(K: int, method: str, hidden: tuple[int, ...],
              device: str) -> SacLearner | PlainSacUpdate:
-    combiner, mode, cls = METHODS[method]
+    combiner, mode, bf16, cls = METHODS[method]
     cfg = config_from_dict({
         "env": {"kind": "gym", "tasks": [f"task{k}" for k in range(K)]},  # shapes only: no env is made
         "actors": {"num_actors": K},
-        "learner": {"model": "mlp", "algorithm": "sac", "compile": mode,
+        "learner": {"model": "mlp", "algorithm": "sac", "compile": mode, "bf16": bf16,
                     "combiner": {"name": "sum" if combiner == "sum" else "pcgrad",
                                  "options": {} if combiner == "sum" else {"seed": 0}},
                     "sac": {"model": "mtsac", "hidden": list(hidden)}},
@@ -170,9 +176,11 @@ def main(device: str = "cpu", quick: bool = False) -> list[dict]:
                    "ratio": times[label] / times["sac (sum)"], "device": device}
             rows.append(row)
             print(f"{case:40} {label:28} {row['ms']:10.2f} {row['ratio']:12.2f}x", flush=True)
-        for baseline in ("before", "plain"):
-            print(f"{case:40} {'sum now / ' + baseline:28} {'':10} "
-                  f"{times['sac (sum)'] / times['sac (sum), ' + baseline]:12.2f}x", flush=True)
+        for now, baseline in (("sac (sum)", "before"), ("sac (sum)", "plain"),
+                              ("sac (sum), bf16", "before")):
+            label = f"sum{', bf16' if now.endswith('bf16') else ''} now / {baseline}"
+            print(f"{case:40} {label:28} {'':10} "
+                  f"{times[now] / times['sac (sum), ' + baseline]:12.2f}x", flush=True)
     return rows
 
 

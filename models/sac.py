@@ -120,6 +120,15 @@ class TaskMLP(nn.Module):
             x = F.relu(layer(x))
             if self.dgrad is not None:
                 x = self.dgrad[i](x, task_id)          # M_l(z) x + β_l(z)
+        if torch.is_autocast_enabled(x.device.type):
+            # Under bf16 autocast (`learner.bf16`) the hidden layers' products run in bfloat16
+            # and the output layer in float32: Q-values, μ and log σ keep float32's precision
+            # (bfloat16's 8-bit significand would round a Q of 400 to a multiple of 2).
+            with torch.autocast(x.device.type, enabled=False):
+                return self._output(x.float(), task_id)
+        return self._output(x, task_id)
+
+    def _output(self, x: torch.Tensor, task_id: torch.Tensor) -> torch.Tensor:
         return self.out(x, task_id) if isinstance(self.out, TaskLinear) else self.out(x)
 
     def task_parameters(self) -> list[list[nn.Parameter]]:

@@ -111,8 +111,7 @@ class ImpalaLearner:
         # the aux heads then read gated features, and one backward does the whole update.
         gate = self._held_gate()
 
-        with torch.autocast(self.device.type, dtype=torch.bfloat16,
-                            enabled=self.lcfg.bf16 and self.device.type == "cuda"):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.lcfg.bf16):
             flat_obs = obs.reshape((T + 1) * B, *obs.shape[2:])
             z, logits, values = self.model.features_and_outputs(flat_obs, task_id.repeat(T + 1))
             logits = logits.float().view(T + 1, B, -1)

@@ -22,6 +22,11 @@ checks decide there: a part whose loss or gradient is not finite is skipped thro
 Adam's found-inf flag, and every later part with it), so it can run eagerly (the reference),
 compiled, or captured as one CUDA graph. `read_metrics()` is the one read, once per chunk.
 
+With `learner.bf16` the networks' forward passes run under bfloat16 autocast: the hidden
+layers' matrix products, most of the update's arithmetic, in bfloat16 (on a GPU's tensor cores,
+or a CPU's AMX units); the output layers, the losses, the gradients the combiner reads, Adam and
+Polyak in float32, and the weights stay float32.
+
 `SacLearner` is a plain class (no Ray) implementing `learner.algorithm.Algorithm`; its state
 (`state_dict()` / `load_state_dict()`) makes save -> load -> continue bit-identical on CPU.
 """
@@ -43,8 +48,8 @@ from learner.sac.staging import StaticBatch
 from learner.step_runner import StepRunner, resolve_mode
 from models.sac import build_sac_actor, build_sac_critic
 
-_PARTS = ("critic", "actor", "alpha")
-_GRAPH_SAFE_COMBINERS = ("sum", "pcgrad")   # the same kernels every update   # the step's parts, in order; a skip skips the rest
+_PARTS = ("critic", "actor", "alpha")     # the step's parts, in order; a skip skips the rest
+_GRAPH_SAFE_COMBINERS = ("sum", "pcgrad")   # the same kernels every update
 
 
 class _TaskSplit:
@@ -167,19 +172,29 @@ class SacLearner:
         return self.nonfinite.total
 
     # ---------------------------------------------------------------- per-task losses
+    def _autocast(self) -> torch.autocast:
+        """The networks' forward passes, in bfloat16 with `learner.bf16` (their output layers
+        stay float32, models/sac.py). Only the forwards: the losses, the gradients the combiner
+        reads (PCGrad's dot products among them), Adam and Polyak stay float32. No weight-cast
+        cache: a CUDA graph's capture forbids it, and each weight is cast once per forward."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.lcfg.bf16,
+                              cache_enabled=False)
+
     def _critic_task_loss(self, critic, obs, k, action, reward, terminated, next_q1, next_q2,
                           next_log_prob, alpha):
-        q1, q2 = critic(obs, action, k)
+        with self._autocast():
+            q1, q2 = critic(obs, action, k)
         terms = critic_loss(q1, q2, reward, terminated, next_q1, next_q2, next_log_prob, alpha,
                             discount=self.lcfg.discount, reward_scale=self.scfg.reward_scale)
         return terms["critic"], {"loss": terms["critic"].detach(),
                                  "q_mean": 0.5 * (terms["stats/q1"] + terms["stats/q2"])}
 
     def _actor_task_loss(self, actor, obs, k, noise, alpha):
-        action, log_prob = actor.sample(obs, k, noise)
-        # The critics are constants here: the combiner asks autograd for the actor's
-        # gradients only, so none is computed for (or written to) the critics' weights.
-        q1, q2 = self.critic(obs, action, k)
+        with self._autocast():
+            action, log_prob = actor.sample(obs, k, noise)
+            # The critics are constants here: the combiner asks autograd for the actor's
+            # gradients only, so none is computed for (or written to) the critics' weights.
+            q1, q2 = self.critic(obs, action, k)
         terms = actor_loss(log_prob, q1, q2, alpha)
         return terms["actor"], {"loss": terms["actor"].detach(), "log_prob": log_prob.detach()}
 
@@ -220,7 +235,7 @@ class SacLearner:
         alpha_rows = alpha[:, None]                              # α_k against [K, n] rows
 
         # ---- critic: J_Q per task, combined on the shared critic weights
-        with torch.no_grad():
+        with torch.no_grad(), self._autocast():
             next_action, next_log_prob = self.actor.sample(b["next_obs"], k, noise_next)
             next_q1, next_q2 = self.critic_target(b["next_obs"], next_action, k)
         stats, aux = self._critic_split.apply(

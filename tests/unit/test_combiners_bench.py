@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("models.torsos", reason="the benchmark CNN lives in models.torsos")
 
-LEARNER_ROWS = {"plain", "cosine_gate every=1", "cosine_gate every=8", "olaux", "olaux forward"}
+LEARNER_ROWS = {"plain", "plain, bf16", "cosine_gate every=1", "cosine_gate every=8", "olaux", "olaux forward"}
 
 
 def test_bench_runs_on_tiny_sizes_and_returns_rows(capsys):
@@ -27,7 +27,7 @@ def test_bench_runs_on_tiny_sizes_and_returns_rows(capsys):
     assert set(learner_rows) == LEARNER_ROWS
     for name, r in learner_rows.items():
         assert r["ratio"] > 0 and math.isfinite(r["ratio"]), name
-        assert (r["goal"] is None) == (name == "plain"), name
+        assert (r["goal"] is None) == name.startswith("plain"), name
     out = capsys.readouterr().out
     assert "ratio vs plain" in out and "impala learner" in out
 
@@ -52,8 +52,9 @@ def test_impala_case_builds_one_learner_per_method_from_the_same_weights():
     assert learners["olaux"].lcfg.combiner.strategy == "batched"
     for name, learner in learners.items():
         assert list(learner.aux) == list(SELF_SUPERVISED), name
-        if name != "plain":
+        if not name.startswith("plain"):
             assert learner.layout == "main_aux", name
+        assert learner.lcfg.bf16 == (name == "plain, bf16"), name
         for (key, a), b in zip(plain.state_dict()["model"].items(),
                                learner.state_dict()["model"].values()):
             assert torch.equal(a, b), f"{name}: {key} differs from the baseline's"

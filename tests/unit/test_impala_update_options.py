@@ -1,7 +1,7 @@
 """The learner options that reach `ImpalaLearner.update` only through its wiring: loss
 coefficients, V-trace clipping and `rl_coef` (checked against the plain loop of
 `impala_reference` with non-default values, so a setting dropped on the way to `impala_loss`
-shows), bf16 off CUDA, per-task metric names and aux terms on each task's own columns, and
+shows), bf16 autocast, per-task metric names and aux terms on each task's own columns, and
 loading a checkpoint written before aux heads existed."""
 from __future__ import annotations
 
@@ -65,13 +65,20 @@ def test_the_clips_are_active_on_the_test_batch():
     assert clipped["loss/main/baseline"] != pytest.approx(loose["loss/main/baseline"], rel=1e-3)
 
 
-def test_bf16_is_a_cuda_setting_and_changes_nothing_on_the_cpu():
+def test_bf16_runs_the_forward_in_bfloat16_and_keeps_the_weights_float32():
     batch = hand_made_batch(seed=2)
     plain, bf16 = make_learner(), make_learner(bf16=True)
+    seen = []
+    first = next(m for m in bf16.model.modules() if isinstance(m, torch.nn.Linear))
+    first.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
     metrics, metrics_bf16 = plain.update(batch), bf16.update(batch)
-    assert metrics == metrics_bf16
+    assert seen and set(seen) == {torch.bfloat16}
+    # the same update, rounded: close to float32's, and not equal to it (else bf16 did nothing)
+    assert metrics_bf16["loss/total"] == pytest.approx(metrics["loss/total"], rel=2e-2)
+    assert metrics_bf16["loss/total"] != metrics["loss/total"]
     for p, q in zip(plain.model.parameters(), bf16.model.parameters()):
-        assert torch.equal(p, q)
+        assert q.dtype == torch.float32
+        torch.testing.assert_close(q, p, rtol=0, atol=1e-3)
 
 
 def reference_reward_term(model, head, batch, columns, weight: float) -> float:

@@ -7,14 +7,16 @@ def test_sac_bench_runs_quick_and_returns_rows(capsys):
 
     rows = main(device="cpu", quick=True)
     assert {r["method"] for r in rows} == {"sac (sum)", "sac + pcgrad (task-split)",
+                                           "sac (sum), bf16", "sac + pcgrad, bf16",
                                            "sac (sum), before", "sac (sum), plain",
                                            "sac + naive pcgrad loop"}
-    assert [r["case"].split()[0] for r in rows] == ["MT10"] * 5 + ["MT50"] * 4
+    assert [r["case"].split()[0] for r in rows] == ["MT10"] * 7 + ["MT50"] * 6
     for r in rows:
         assert r["ms"] > 0 and math.isfinite(r["ratio"])
         if r["method"] == "sac (sum)":
             assert r["ratio"] == 1.0
-    assert "ratio vs sum" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "ratio vs sum" in out and out.count("sum, bf16 now / before") == 2
 
 
 def test_the_plain_update_is_the_learner_s_arithmetic():
