@@ -303,14 +303,20 @@ def bench_pendulum(
     max_steps: int = typer.Option(30_000, min=1, help="Env steps before a side counts as not reached."),
     seed: int = typer.Option(0, min=0, help="Seed of both sides."),
     sb3_python: Optional[Path] = typer.Option(None, help="A Python with stable-baselines3 (default /tmp/sb3/bin/python; skipped, saying how to make it, when missing)."),
+    set_: list[str] = typer.Option([], "--set", help="Overrides of accord's side only, e.g. --set learner.bf16=true (repeatable); run.* is the bench's."),
 ) -> None:
     """Env steps and seconds to Pendulum-v1 -200: accord SAC (pendulum_defaults.yaml) vs Stable-Baselines3 SAC."""
     _positive("--limit", limit)
     if sb3_python is not None and not sb3_python.is_file():
         raise UserError(f"--sb3-python: no such file {sb3_python}")
-    from bench.pendulum import main as pendulum_main
+    from bench.pendulum import CONFIG, accord_eval_every, main as pendulum_main
 
-    pendulum_main(eval_every, limit, max_steps, seed, sb3_python)
+    load_config(CONFIG, set_)               # a wrong override is refused before either side starts
+    try:
+        accord_eval_every(eval_every, tuple(set_))
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    pendulum_main(eval_every, limit, max_steps, seed, sb3_python, tuple(set_))
 
 
 def main() -> None:

@@ -27,7 +27,10 @@ starts), so neither side is looked at more often.
   by learning_starts: on it, SB3's evaluations fell 100 env steps earlier than accord's.)
 
     accord bench pendulum [--eval-every 500] [--limit 300] [--max-steps 30000] [--seed 0]
-                          [--sb3-python /tmp/sb3/bin/python]
+                          [--sb3-python /tmp/sb3/bin/python] [--set learner.bf16=true ...]
+
+`--set` changes accord's side only (a variant of its defaults against the same SB3); the bench
+sets `run.*` itself.
 
 The module imports only the standard library at the top: the SB3 side runs it in a Python
 that has no accord.
@@ -190,12 +193,12 @@ def accord_evaluations(rows: list[dict], clock_zero: float) -> list[Evaluation]:
             for r in rows if r.get(column)]
 
 
-def accord_eval_every(eval_every: int) -> int:
+def accord_eval_every(eval_every: int, sets: tuple[str, ...] = ()) -> int:
     """accord's `run.eval_every` (updates) for an evaluation every `eval_every` env steps past
     learning starts, at the config's updates per env step."""
     from accord.config import load_config  # not at the top: the SB3 side has no accord
 
-    cfg = load_config(CONFIG, [])
+    cfg = load_config(CONFIG, list(sets))
     sac = cfg.learner.sac
     updates = eval_every * sac.updates_per_step
     if cfg.replay.samples_per_insert != sac.batch_per_task * sac.updates_per_step \
@@ -206,14 +209,23 @@ def accord_eval_every(eval_every: int) -> int:
     return int(updates)
 
 
-def run_accord(eval_every: int, limit: float, max_steps: int, seed: int) -> Side:
+def accord_command(root: str, eval_every: int, limit: float, max_steps: int, seed: int,
+                   sets: tuple[str, ...] = ()) -> list[str]:
+    """`accord train` of the config with the caller's `sets`, then the bench's `run.*` (later
+    overrides win, so the bench's own settings stand)."""
+    cmd = [sys.executable, "-m", "accord.cli", "train", str(CONFIG)]
+    for item in (*sets, f"run.root={root}", f"run.eval_every={accord_eval_every(eval_every, sets)}",
+                 f"run.eval_episodes={EPISODES}", f"run.seed={seed}",
+                 f"run.max_seconds={limit}", f"run.total_frames={max_steps}",
+                 "run.log_every=1", "run.progress=false"):
+        cmd += ["--set", item]
+    return cmd
+
+
+def run_accord(eval_every: int, limit: float, max_steps: int, seed: int,
+               sets: tuple[str, ...] = ()) -> Side:
     with tempfile.TemporaryDirectory() as root:
-        cmd = [sys.executable, "-m", "accord.cli", "train", str(CONFIG)]
-        for item in (f"run.root={root}", f"run.eval_every={accord_eval_every(eval_every)}",
-                     f"run.eval_episodes={EPISODES}", f"run.seed={seed}",
-                     f"run.max_seconds={limit}", f"run.total_frames={max_steps}",
-                     "run.log_every=1", "run.progress=false"):
-            cmd += ["--set", item]
+        cmd = accord_command(root, eval_every, limit, max_steps, seed, sets)
         # The worktree's code, in the driver and in Ray's workers, whatever is installed.
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
@@ -271,7 +283,7 @@ def _load() -> str:
 
 
 def main(eval_every: int = 500, limit: float = 300.0, max_steps: int = 30_000, seed: int = 0,
-         sb3_python: Path | None = None) -> dict[str, Side]:
+         sb3_python: Path | None = None, sets: tuple[str, ...] = ()) -> dict[str, Side]:
     from rich.console import Console
     from rich.table import Table
 
@@ -283,13 +295,14 @@ def main(eval_every: int = 500, limit: float = 300.0, max_steps: int = 30_000, s
         sides["sb3"] = run_sb3(sb3_python, eval_every, limit, max_steps, seed)
     else:
         console.print(f"SB3 side skipped: no {sb3_python}; make it with: {SB3_VENV_HINT}")
-    console.print(f"accord SAC ({CONFIG.relative_to(REPO)}), {_load()} ...")
-    sides["accord"] = run_accord(eval_every, limit, max_steps, seed)
+    variant = "".join(f" --set {item}" for item in sets)
+    console.print(f"accord SAC ({CONFIG.relative_to(REPO)}{variant}), {_load()} ...")
+    sides["accord"] = run_accord(eval_every, limit, max_steps, seed, tuple(sets))
     console.print(f"done, {_load()}")
 
     table = Table(title=f"Pendulum-v1 to a mean return of {TARGET:.0f} (deterministic, "
                         f"{EPISODES} episodes every {eval_every} env steps; limit {limit:.0f} s "
-                        f"or {max_steps:,} env steps; seed {seed})")
+                        f"or {max_steps:,} env steps; seed {seed}{'; accord' + variant if sets else ''})")
     for col in ("method", "env steps to -200", "seconds to -200", "updates then",
                 "return then", "final eval return"):
         table.add_column(col, justify="left" if col == "method" else "right")

@@ -52,7 +52,7 @@ BENCH = {
     "bench peer": ("bench", "peer", "--seconds", "1", "--cartpole-limit", "1", *SMALL_FLEET,
                    *CARTPOLE_FLEET),
     "bench pendulum": ("bench", "pendulum", "--eval-every", "100", "--max-steps", "200",
-                       "--limit", "90"),
+                       "--limit", "90", "--set", "learner.bf16=true"),
 }
 # What each one prints once it has measured (the title of its table or a row of it).
 BENCH_PRINTS = {
@@ -62,7 +62,7 @@ BENCH_PRINTS = {
     "bench mt10": ("accord",),
     "bench service": ("inserts/s",),
     "bench peer": ("Breakout learner frames/s", "CartPole-v1 to mean return 150", "RLlib PPO"),
-    "bench pendulum": ("Pendulum-v1 to a mean return of -200",),
+    "bench pendulum": ("Pendulum-v1 to a mean return of -200", "learner.bf16=true"),
 }
 TRAIN = ("train", "configs/cartpole.yaml", "--set", "run.root={tmp}/runs", *SMALL_FLEET,
          "--set", "run.total_frames=800", "--set", "run.log_every=0.5", "--set", "run.eval_every=5",

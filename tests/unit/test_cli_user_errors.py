@@ -128,6 +128,10 @@ CASES = [
     Case("bench_mt10_non_metaworld_config", ("bench", "mt10", "--config", "{tmp}/gym.yaml"),
          ("env.kind", "metaworld"), prefix="config error: "),
     Case("bench_negative_seconds", ("bench", "throughput", "--seconds", "-1"), ("--seconds", "> 0")),
+    Case("bench_pendulum_unknown_override", ("bench", "pendulum", "--set", "learner.bf17=true"),
+         ("learner.bf17", "unknown field"), prefix="config error: "),
+    Case("bench_pendulum_override_off_its_grid", ("bench", "pendulum", "--set", "replay.samples_per_insert=7"),
+         ("pendulum_defaults.yaml", "samples_per_insert auto", "750.0 updates")),
 ]
 
 

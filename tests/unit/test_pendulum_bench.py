@@ -73,3 +73,16 @@ def test_accord_is_evaluated_on_sb3_s_grid_of_env_steps_at_its_own_updates_per_s
                       "replay: {samples_per_insert: 100}\n")
     with pytest.raises(ValueError, match="samples_per_insert auto"):
         accord_eval_every(500)
+
+
+def test_accord_s_overrides_reach_its_command_and_its_grid_and_the_bench_keeps_run():
+    sets = ("learner.bf16=true", "learner.sac.updates_per_step=2.5", "run.seed=7")
+    cmd = bench.accord_command("/tmp/r", 500, 60.0, 1000, 3, sets)
+    pairs = [cmd[i + 1] for i, arg in enumerate(cmd) if arg == "--set"]
+    assert pairs[:3] == list(sets)
+    # the grid follows the override (2.5 updates per env step), and the bench's run.* come last
+    assert "run.eval_every=1250" in pairs and pairs.index("run.seed=3") > pairs.index("run.seed=7")
+    from accord.config import load_config
+
+    cfg = load_config(bench.CONFIG, pairs)
+    assert cfg.learner.bf16 and cfg.run.seed == 3 and cfg.run.eval_every == 1250
