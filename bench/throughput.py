@@ -13,7 +13,8 @@
    on the inference servers (a GPU share where there is one), which lifts that ceiling.
 3. with `--learner`: the real learner instead of the drain (on CUDA when the cluster has a GPU):
    end-to-end frames/s, and the learner's samples/s divided by a bare forward+backward+step of
-   the same network on the same batch size, timed on the same device in the same run.
+   the same network on the same batch size (in the learner's precision), timed on the same
+   device in the same run.
 
     accord bench throughput [--seconds 30] [--learner] [--set actors.num_actors=14]
 """
@@ -224,7 +225,9 @@ def fleet_fps(cfg, seconds: float, use_learner: bool) -> dict:
 
 @ray.remote
 def bare_update_samples_per_s(cfg, obs_shape, num_actions: int, seconds: float) -> float:
-    """Samples/s of forward + backward + RMSProp step of the learner's network, no V-trace, no data path."""
+    """Samples/s of forward + backward + RMSProp step of the learner's network, no V-trace, no
+    data path; the forward in the learner's precision (`learner.bf16`), so the ratio compares
+    like with like."""
     from models.actor_critic import build_model
     from learner.remote import resolve_device
 
@@ -236,8 +239,9 @@ def bare_update_samples_per_s(cfg, obs_shape, num_actions: int, seconds: float) 
     obs = torch.randint(0, 255, ((T + 1) * B, *obs_shape), dtype=torch.uint8, device=device)
 
     def step():
-        logits, values = model(obs)
-        (logits.logsumexp(-1).sum() + values.square().sum()).backward()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.learner.bf16):
+            logits, values = model(obs)
+        (logits.float().logsumexp(-1).sum() + values.float().square().sum()).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 

@@ -176,7 +176,8 @@ class SacLearner:
         """The networks' forward passes, in bfloat16 with `learner.bf16` (their output layers
         stay float32, models/sac.py). Only the forwards: the losses, the gradients the combiner
         reads (PCGrad's dot products among them), Adam and Polyak stay float32. No weight-cast
-        cache: a CUDA graph's capture forbids it, and each weight is cast once per forward."""
+        cache: PyTorch asks for it off under CUDA graph capture (`make_graphed_callables`), and
+        each weight is cast once per forward anyway."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.lcfg.bf16,
                               cache_enabled=False)
 
