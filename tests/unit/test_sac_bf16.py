@@ -6,16 +6,9 @@ import pytest
 import torch
 
 from combiners import flatten
-from learner.sac.learner import SacLearner
 from tests.support.host_reads import count_host_reads
-from tests.unit.test_sac_learner import SPEC, _batch, _cfg
-
-
-def _learner(combiner="sum", model="mtsac", bf16=True, seed=0):
-    cfg = _cfg(model, combiner)
-    cfg = cfg.model_copy(update={"learner": cfg.learner.model_copy(update={"bf16": bf16})})
-    torch.manual_seed(seed)
-    return SacLearner(cfg, SPEC)
+from tests.unit.test_sac_device_step import _learner
+from tests.unit.test_sac_learner import _batch
 
 
 def _record_dtypes(module: torch.nn.Module, seen: set, name: str) -> None:
@@ -35,7 +28,7 @@ def _float32_state(learner):
 @pytest.mark.parametrize("model", ["mtsac", "multihead"])
 @pytest.mark.parametrize("combiner", ["sum", "pcgrad"])
 def test_bf16_hidden_layers_run_in_bfloat16_and_the_rest_in_float32(combiner, model):
-    learner = _learner(combiner, model)
+    learner = _learner(combiner, model, bf16=True)
     learner.step(_batch(0))                  # Adam's state and the metric columns come into being
     seen = set()
     for net_name in ("actor", "critic", "critic_target"):
@@ -84,7 +77,7 @@ def test_a_bf16_update_stays_close_to_the_float32_one(combiner):
 
 
 def test_bf16_leaves_the_rollout_actors_weights_float32():
-    learner = _learner()
+    learner = _learner(bf16=True)
     learner.update(_batch(0))
     weights = learner.actor_weights()     # what the actors load and act with, in float32
     assert {w.dtype for w in weights.values()} == {np.dtype(np.float32)}
